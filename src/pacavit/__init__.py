@@ -1,0 +1,45 @@
+"""PaCa-ViT for Hugging Face Transformers.
+
+Importing this package registers the model with the Auto classes (AutoConfig, AutoModel,
+AutoModelForImageClassification, AutoBackbone), so `AutoModel.from_pretrained(folder)` works.
+"""
+
+from transformers import (
+    AutoBackbone,
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+)
+
+from .configuration_pacavit import ORIGINAL_NAMES, PRESETS, PaCaViTConfig, list_presets, resolve_preset_name
+from .modeling_pacavit import (
+    PaCaViTBackbone,
+    PaCaViTBackboneOutput,
+    PaCaViTForImageClassification,
+    PaCaViTImageClassifierOutput,
+    PaCaViTModel,
+    PaCaViTModelOutput,
+    PaCaViTPreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register(PaCaViTConfig.model_type, PaCaViTConfig, exist_ok=True)
+AutoModel.register(PaCaViTConfig, PaCaViTModel, exist_ok=True)
+AutoModelForImageClassification.register(PaCaViTConfig, PaCaViTForImageClassification, exist_ok=True)
+AutoBackbone.register(PaCaViTConfig, PaCaViTBackbone, exist_ok=True)
+
+__all__ = [
+    "PaCaViTConfig",
+    "PaCaViTModel",
+    "PaCaViTForImageClassification",
+    "PaCaViTBackbone",
+    "PaCaViTPreTrainedModel",
+    "PaCaViTModelOutput",
+    "PaCaViTImageClassifierOutput",
+    "PaCaViTBackboneOutput",
+    "PRESETS",
+    "ORIGINAL_NAMES",
+    "list_presets",
+    "resolve_preset_name",
+]

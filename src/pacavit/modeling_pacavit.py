@@ -1,0 +1,790 @@
+"""PyTorch PaCa-ViT: "Learning Patch-to-Cluster Attention in Vision Transformers" (Grainger et al., CVPR 2023).
+
+Paper: https://arxiv.org/abs/2203.11987 - original code: https://github.com/iVMCL/PaCaViT (re-implemented, not copied).
+
+Layout convention: inside a stage, activations are tokens `(batch, height * width, channels)`. Where a
+convolution needs a feature map we take a *view* `(batch, channels, height, width)` whose memory is
+channels-last (`tokens_to_map`), run the convolution, and come back with another view (`map_to_tokens`), so
+that token <-> map changes cost no copies. The 1x1 convolutions of the original clustering module are
+applied as `nn.Linear` on the tokens (the same function; the converter reshapes their weights).
+
+Only relative imports between model files, so the folder works as Hub remote code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
+
+from .configuration_pacavit import PaCaViTConfig
+
+try:  # transformers >= 5 moved the mixin out of `utils`
+    from transformers.backbone_utils import BackboneMixin
+except ImportError:  # pragma: no cover - older transformers
+    from transformers.utils.backbone_utils import BackboneMixin
+
+try:
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover - transformers 4.x
+    init = nn.init
+
+
+logger = logging.get_logger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PaCaViTModelOutput(ModelOutput):
+    """Output of `PaCaViTModel`.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch, channels, height, width)`):
+            last stage feature map, after the stage LayerNorm.
+        pooler_output (`torch.FloatTensor` of shape `(batch, channels)`): mean of the last stage tokens.
+        hidden_states (`tuple(torch.FloatTensor)`, returned with `output_hidden_states=True`):
+            the stem output and every stage output (after its LayerNorm), each `(batch, channels, height, width)`,
+            in the order of `config.stage_names`.
+        attentions (`tuple(torch.FloatTensor)`, returned with `output_attentions=True`): one tensor per block,
+            `(batch, heads, num_patches, num_clusters)` (or `(batch, heads, num_patches, num_patches)` in stages
+            without clusters). Computed with eager attention for that call.
+        cluster_assignments (`tuple(torch.FloatTensor | None)`, returned with `output_cluster_assignments=True`):
+            one entry per block, `(batch, num_clusters, height, width)`, a softmax over the positions (sums to 1
+            over `height * width` for each cluster); `None` for blocks of stages without clusters. Blocks that
+            reuse an assignment return the same tensor as the block that computed it.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
+
+
+@dataclass
+class PaCaViTImageClassifierOutput(ImageClassifierOutput):
+    """`ImageClassifierOutput` plus the per-block `cluster_assignments` (see `PaCaViTModelOutput`)."""
+
+    cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
+
+
+@dataclass
+class PaCaViTBackboneOutput(BackboneOutput):
+    """`BackboneOutput` plus the per-block `cluster_assignments` (see `PaCaViTModelOutput`)."""
+
+    cluster_assignments: tuple[torch.FloatTensor | None, ...] | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """`(B, H*W, C)` tokens -> `(B, C, H, W)` view with channels-last memory (no copy)."""
+    batch, _, channels = tokens.shape
+    return tokens.view(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
+def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
+    """`(B, C, H, W)` -> `(B, H*W, C)` tokens (a view when the map is channels-last in memory)."""
+    return feature_map.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
+    """Stochastic depth per sample (the residual branch is dropped for whole samples)."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep_prob = 1 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = x.new_empty(shape).bernoulli_(keep_prob)
+    return x * mask / keep_prob
+
+
+class PaCaViTDropPath(nn.Module):
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return drop_path(hidden_states, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """softmax(q k^T * scaling) v; q `(B, h, N, d)`, k/v `(B, h, M, d)` -> (`(B, N, h, d)`, weights `(B, h, N, M)`)."""
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = attn_weights.softmax(dim=-1)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+def xformers_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """xformers' memory-efficient attention on CUDA; on other devices it falls back to SDPA with a warning."""
+    try:
+        import xformers.ops as xops
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "attn_implementation='xformers' needs the xformers package: `pip install pacavit[xformers]`, "
+            "or use attn_implementation='sdpa'."
+        ) from error
+    if not query.is_cuda:
+        logger.warning_once("xformers attention needs CUDA tensors; falling back to SDPA on this device.")
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
+    # xformers takes (B, N, h, d)
+    out = xops.memory_efficient_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), p=dropout, scale=scaling
+    )
+    return out, None
+
+
+if "xformers" not in ALL_ATTENTION_FUNCTIONS:
+    ALL_ATTENTION_FUNCTIONS.register("xformers", xformers_attention_forward)
+
+
+# --------------------------------------------------------------------------------------------
+# Stem and stage transitions
+# --------------------------------------------------------------------------------------------
+class PaCaViTEmbeddings(nn.Module):
+    """Stem: two stride-2 3x3 convs (to dim/2, then dim, nothing between them) and a LayerNorm over channels."""
+
+    def __init__(self, config: PaCaViTConfig) -> None:
+        super().__init__()
+        dim = config.hidden_sizes[0]
+        self.num_channels = config.num_channels
+        self.projection = nn.Sequential(
+            nn.Conv2d(config.num_channels, dim // 2, kernel_size=3, stride=2, padding=1),
+            nn.Conv2d(dim // 2, dim, kernel_size=3, stride=2, padding=1),
+        )
+        self.layernorm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.num_channels:
+            raise ValueError(
+                f"Expected pixel_values of shape (batch, {self.num_channels}, height, width), got "
+                f"{tuple(pixel_values.shape)}. Check the image channels (e.g. convert grayscale images to RGB) "
+                f"or build the model with num_channels={pixel_values.shape[1] if pixel_values.ndim == 4 else '?'}."
+            )
+        feature_map = self.projection(pixel_values)
+        height, width = feature_map.shape[-2:]
+        return self.layernorm(map_to_tokens(feature_map)), height, width
+
+
+class PaCaViTDownsample(nn.Module):
+    """Stage transition: one stride-2 3x3 conv and a LayerNorm over channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, eps: float) -> None:
+        super().__init__()
+        self.projection = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
+        self.layernorm = nn.LayerNorm(out_channels, eps=eps)
+
+    def forward(self, tokens: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int, int]:
+        feature_map = self.projection(tokens_to_map(tokens, height, width))
+        height, width = feature_map.shape[-2:]
+        return self.layernorm(map_to_tokens(feature_map)), height, width
+
+
+# --------------------------------------------------------------------------------------------
+# Patch-to-cluster attention
+# --------------------------------------------------------------------------------------------
+class PaCaViTClustering(nn.Module):
+    """Predicts cluster logits `(B, N, M)` from the normalised tokens of a block.
+
+    conv   (P2CConv2d): depth-wise kxk conv -> act -> 1x1 -> act -> 1x1 to M (no bias)
+    mlp    (P2CMlp):    Linear(C, C * mlp_ratio) -> act -> Linear(., M)
+    linear (P2CLinear): Linear(C, M) (no bias)
+    """
+
+    def __init__(self, config: PaCaViTConfig, stage: int) -> None:
+        super().__init__()
+        dim = config.hidden_sizes[stage]
+        num_clusters = config.num_clusters[stage]
+        self.clustering_type = config.clustering_type
+        self.act = ACT2FN[config.hidden_act]
+        if self.clustering_type == "conv":
+            kernel_size = config.clustering_kernel_sizes[stage]
+            self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=(kernel_size - 1) // 2, groups=dim)
+            self.pwconv = nn.Linear(dim, dim)  # a 1x1 conv applied to tokens
+            self.to_clusters = nn.Linear(dim, num_clusters, bias=False)
+        elif self.clustering_type == "mlp":
+            hidden = int(dim * config.mlp_ratios[stage])
+            self.fc = nn.Linear(dim, hidden)
+            self.to_clusters = nn.Linear(hidden, num_clusters)
+        else:  # linear
+            self.to_clusters = nn.Linear(dim, num_clusters, bias=False)
+
+    def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if self.clustering_type == "conv":
+            tokens = self.act(map_to_tokens(self.dwconv(tokens_to_map(tokens, height, width))))
+            tokens = self.act(self.pwconv(tokens))
+        elif self.clustering_type == "mlp":
+            tokens = self.act(self.fc(tokens))
+        return self.to_clusters(tokens)
+
+
+class PaCaViTAttention(nn.Module):
+    """Multi-head attention of every patch (query) over `M` cluster tokens (keys/values).
+
+    The cluster tokens are `z^T x`, with `z` the `(B, N, M)` assignment (softmax over the N patches). In a
+    stage without clusters the keys/values are the patches themselves (ordinary self-attention).
+    """
+
+    def __init__(self, config: PaCaViTConfig, stage: int, computes_clusters: bool) -> None:
+        super().__init__()
+        dim = config.hidden_sizes[stage]
+        self.config = config
+        self.num_heads = config.num_attention_heads[stage]
+        self.head_dim = dim // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.dropout = config.attention_probs_dropout_prob
+        self.num_clusters = config.num_clusters[stage]
+
+        self.clustering = PaCaViTClustering(config, stage) if computes_clusters else None
+        self.cluster_norm = None
+        self.cluster_position_embeddings = None
+        if self.num_clusters > 0:
+            if config.cluster_layer_norm:
+                self.cluster_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+            if config.cluster_position_embeddings:
+                self.cluster_position_embeddings = nn.Parameter(torch.zeros(1, self.num_clusters, dim))
+
+        self.query = nn.Linear(dim, dim)
+        self.key_value = nn.Linear(dim, 2 * dim)  # keys and values fused in one matmul
+        self.dense = nn.Linear(dim, dim)
+        self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        height: int,
+        width: int,
+        cluster_assignment: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        batch, num_patches, dim = hidden_states.shape
+        if self.num_clusters > 0:
+            if self.clustering is not None:
+                cluster_assignment = self.clustering(hidden_states, height, width).softmax(dim=1)
+            elif cluster_assignment is None:
+                raise RuntimeError("This block reuses a cluster assignment but none was given to it.")
+            context = torch.bmm(cluster_assignment.transpose(1, 2), hidden_states)  # (B, M, C)
+            if self.cluster_position_embeddings is not None:
+                context = context + self.cluster_position_embeddings
+            if self.cluster_norm is not None:
+                context = self.cluster_norm(context)
+        else:
+            context = hidden_states
+
+        query = self.query(hidden_states).view(batch, num_patches, self.num_heads, self.head_dim).transpose(1, 2)
+        key_value = self.key_value(context).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        key, value = key_value.unbind(0)
+
+        attention_interface = eager_attention_forward
+        if not output_attentions and self.config._attn_implementation not in (None, "eager"):
+            # attention weights are only materialised by the eager path; any other backend is used otherwise
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        attn_output = self.proj_dropout(self.dense(attn_output.reshape(batch, num_patches, dim)))
+        return attn_output, (attn_weights if output_attentions else None), cluster_assignment
+
+
+# --------------------------------------------------------------------------------------------
+# Block
+# --------------------------------------------------------------------------------------------
+class PaCaViTMlp(nn.Module):
+    """fc1 -> 3x3 depth-wise conv with shortcut (x + dwconv(x)) -> act -> dropout -> fc2 -> dropout."""
+
+    def __init__(self, config: PaCaViTConfig, stage: int) -> None:
+        super().__init__()
+        dim = config.hidden_sizes[stage]
+        hidden = int(dim * config.mlp_ratios[stage])
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden) if config.mlp_dwconv else None
+        self.dwconv_shortcut = config.mlp_dwconv_shortcut
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        hidden_states = self.fc1(hidden_states)
+        if self.dwconv is not None:
+            convolved = map_to_tokens(self.dwconv(tokens_to_map(hidden_states, height, width)))
+            hidden_states = hidden_states + convolved if self.dwconv_shortcut else convolved
+        hidden_states = self.dropout(self.act(hidden_states))
+        return self.dropout(self.fc2(hidden_states))
+
+
+class PaCaViTLayer(GradientCheckpointingLayer):
+    """One PaCa block: x + attn(norm1(x)), then x + mlp(norm2(x)) (pre-norm; post/sub-norm optional)."""
+
+    def __init__(self, config: PaCaViTConfig, stage: int, index: int, drop_path_rate: float) -> None:
+        super().__init__()
+        dim = config.hidden_sizes[stage]
+        eps = config.layer_norm_eps
+
+        def norm(enabled: bool) -> nn.Module:
+            return nn.LayerNorm(dim, eps=eps) if enabled else nn.Identity()
+
+        pre = config.norm_placement in ("pre", "sub")
+        post = config.norm_placement in ("post", "sub")
+
+        self.position_embeddings = None
+        if config.use_absolute_position_embeddings and index == 0:
+            grid = config.image_size // 4 // (2**stage)
+            self.position_grid = (grid, grid)
+            self.position_embeddings = nn.Parameter(torch.zeros(1, grid * grid, dim))
+            self.position_dropout = nn.Dropout(config.hidden_dropout_prob)
+
+        self.norm1 = norm(pre)
+        self.attention = PaCaViTAttention(config, stage, computes_clusters=config.computes_clusters(stage, index))
+        self.post_attention_norm = norm(post)
+        self.norm2 = norm(pre)
+        self.mlp = PaCaViTMlp(config, stage)
+        self.post_mlp_norm = norm(post)
+        self.drop_path = PaCaViTDropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+        self.layer_scale_1 = self.layer_scale_2 = None
+        if config.layer_scale_init_value is not None:
+            self.layer_scale_1 = nn.Parameter(torch.full((dim,), float(config.layer_scale_init_value)))
+            self.layer_scale_2 = nn.Parameter(torch.full((dim,), float(config.layer_scale_init_value)))
+
+    def _position_embeddings(self, height: int, width: int) -> torch.Tensor:
+        if (height, width) == self.position_grid:
+            return self.position_embeddings
+        grid = tokens_to_map(self.position_embeddings, *self.position_grid)
+        grid = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=True)
+        return map_to_tokens(grid)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cluster_assignment: torch.Tensor | None,
+        height: int,
+        width: int,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if self.position_embeddings is not None:
+            hidden_states = self.position_dropout(hidden_states + self._position_embeddings(height, width))
+
+        attn_output, attn_weights, cluster_assignment = self.attention(
+            self.norm1(hidden_states), height, width, cluster_assignment, output_attentions
+        )
+        attn_output = self.post_attention_norm(attn_output)
+        if self.layer_scale_1 is not None:
+            attn_output = self.layer_scale_1 * attn_output
+        hidden_states = hidden_states + self.drop_path(attn_output)
+
+        mlp_output = self.post_mlp_norm(self.mlp(self.norm2(hidden_states), height, width))
+        if self.layer_scale_2 is not None:
+            mlp_output = self.layer_scale_2 * mlp_output
+        hidden_states = hidden_states + self.drop_path(mlp_output)
+        return hidden_states, cluster_assignment, attn_weights
+
+
+class PaCaViTStage(nn.Module):
+    """[transition] -> blocks -> (+ teacher output) -> LayerNorm."""
+
+    def __init__(self, config: PaCaViTConfig, stage: int, drop_path_rates: list[float]) -> None:
+        super().__init__()
+        self.downsample = None
+        if stage > 0:
+            self.downsample = PaCaViTDownsample(
+                config.hidden_sizes[stage - 1], config.hidden_sizes[stage], config.layer_norm_eps
+            )
+        self.layers = nn.ModuleList(
+            PaCaViTLayer(config, stage, index, rate) for index, rate in enumerate(drop_path_rates)
+        )
+        self.layernorm = nn.LayerNorm(config.hidden_sizes[stage], eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        height: int,
+        width: int,
+        teacher_assignment: torch.Tensor | None = None,
+        teacher_output: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_cluster_assignments: bool = False,
+    ):
+        if self.downsample is not None:
+            hidden_states, height, width = self.downsample(hidden_states, height, width)
+        attentions, assignments = [], []
+        cluster_assignment = teacher_assignment  # reset at every stage
+        for layer in self.layers:
+            hidden_states, cluster_assignment, attn_weights = layer(
+                hidden_states, cluster_assignment, height, width, output_attentions
+            )
+            if output_attentions:
+                attentions.append(attn_weights)
+            if output_cluster_assignments:
+                assignments.append(cluster_assignment)
+        if teacher_output is not None:
+            hidden_states = hidden_states + teacher_output
+        return self.layernorm(hidden_states), height, width, attentions, assignments
+
+
+# --------------------------------------------------------------------------------------------
+# ConvMixer clustering teacher
+# --------------------------------------------------------------------------------------------
+class PaCaViTConvMixerBlock(nn.Module):
+    """x + BN(act(dwconv_kxk(x))) -> 1x1 conv -> act -> BN (a ConvMixer layer)."""
+
+    def __init__(self, dim: int, kernel_size: int, act: str, eps: float, drop_path_rate: float) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.depthwise_norm = nn.BatchNorm2d(dim, eps=eps)
+        self.pointwise = nn.Conv2d(dim, dim, 1)
+        self.pointwise_norm = nn.BatchNorm2d(dim, eps=eps)
+        self.act = ACT2FN[act]
+        self.drop_path = PaCaViTDropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.depthwise_norm(self.act(self.depthwise(x))))
+        return self.pointwise_norm(self.act(self.pointwise(x)))
+
+
+class PaCaViTBlurDownsample(nn.Module):
+    """Anti-aliased stride-2 conv: a fixed 3x3 binomial blur per channel, then the conv; then act and BN."""
+
+    def __init__(self, in_channels: int, out_channels: int, act: str, eps: float) -> None:
+        super().__init__()
+        # a fixed buffer, kept in the state dict as in the original checkpoints
+        self.register_buffer("blur_filter", self.default_blur_filter(in_channels))
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+        self.act = ACT2FN[act]
+        self.norm = nn.BatchNorm2d(out_channels, eps=eps)
+
+    @staticmethod
+    def default_blur_filter(channels: int) -> torch.Tensor:
+        kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+        return kernel.expand(channels, 1, 3, 3).clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(x, self.blur_filter, padding=1, groups=x.shape[1])
+        return self.norm(self.act(self.conv(x)))
+
+
+class PaCaViTConvNormAct(nn.Module):
+    """1x1 conv -> act -> BN (the teacher's lateral connections)."""
+
+    def __init__(self, in_channels: int, out_channels: int, act: str, eps: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1)
+        self.act = ACT2FN[act]
+        self.norm = nn.BatchNorm2d(out_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.conv(x)))
+
+
+class PaCaViTClusteringTeacher(nn.Module):
+    """ConvMixer pyramid with a top-down (FPN-style) pathway that predicts the cluster assignment of every stage.
+
+    It reads the stem output. Returns, per stage, the assignment `(B, N, M)` (softmax over N; `None` for stages
+    without clusters) and the bottom-up stage output as tokens `(B, N, C)` (added to the PaCa stage output).
+    """
+
+    def __init__(self, config: PaCaViTConfig) -> None:
+        super().__init__()
+        dims, depths, act = config.hidden_sizes, config.teacher_depths, config.hidden_act
+        eps, kernel = config.teacher_batch_norm_eps, config.teacher_kernel_size
+        rates = torch.linspace(0, config.teacher_drop_path_rate, sum(depths)).tolist()
+        starts = [sum(depths[:i]) for i in range(len(depths))]
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                *(PaCaViTConvMixerBlock(dims[i], kernel, act, eps, rates[starts[i] + j]) for j in range(depths[i]))
+            )
+            for i in range(len(depths))
+        )
+        self.downsamples = nn.ModuleList(
+            PaCaViTBlurDownsample(dims[i], dims[i + 1], act, eps) for i in range(len(depths) - 1)
+        )
+        # top-down pathway: laterals[i] maps stage i+1 to the width of stage i, fpn_blocks[i] refines the sum
+        self.laterals = nn.ModuleList(PaCaViTConvNormAct(dims[i + 1], dims[i], act, eps) for i in range(len(depths) - 1))
+        self.fpn_blocks = nn.ModuleList(
+            PaCaViTConvMixerBlock(dims[i], kernel, act, eps, rates[starts[i]]) for i in range(len(depths) - 1)
+        )
+        self.to_clusters = nn.ModuleDict(
+            {str(i): nn.Conv2d(dims[i], m, 1) for i, m in enumerate(config.num_clusters) if m > 0}
+        )
+
+    def forward(self, feature_map: torch.Tensor):
+        outputs = []
+        for i, stage in enumerate(self.stages):
+            feature_map = stage(feature_map)
+            outputs.append(feature_map)
+            if i < len(self.downsamples):
+                feature_map = self.downsamples[i](feature_map)
+
+        top_down = [None] * len(outputs)
+        top_down[-1] = outputs[-1]
+        for i in range(len(outputs) - 2, -1, -1):
+            upsampled = F.interpolate(top_down[i + 1], size=outputs[i].shape[-2:], mode="bilinear", align_corners=False)
+            top_down[i] = self.fpn_blocks[i](outputs[i] + self.laterals[i](upsampled))
+
+        assignments = []
+        for i, features in enumerate(top_down):
+            if str(i) in self.to_clusters:
+                logits = self.to_clusters[str(i)](features).flatten(2).transpose(1, 2)  # (B, N, M)
+                assignments.append(logits.softmax(dim=1))
+            else:
+                assignments.append(None)
+        return assignments, [map_to_tokens(out) for out in outputs]
+
+
+# --------------------------------------------------------------------------------------------
+# Pre-trained model base
+# --------------------------------------------------------------------------------------------
+class PaCaViTPreTrainedModel(PreTrainedModel):
+    config_class = PaCaViTConfig
+    config: PaCaViTConfig
+    base_model_prefix = "pacavit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["PaCaViTLayer", "PaCaViTClusteringTeacher"]
+
+    def __init__(self, config: PaCaViTConfig, *args, **kwargs) -> None:
+        super().__init__(config, *args, **kwargs)
+        if config._attn_implementation == "xformers":
+            try:
+                import xformers.ops  # noqa: F401
+            except ImportError as error:
+                raise ImportError(
+                    "attn_implementation='xformers' needs the xformers package: `pip install pacavit[xformers]`, "
+                    "or use attn_implementation='sdpa'."
+                ) from error
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The original initialisation: trunc-normal(0.02) Linear, He-normal (fan-out) conv, unit norms."""
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+            init.normal_(module.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+        elif isinstance(module, PaCaViTBlurDownsample):
+            init.copy_(module.blur_filter, module.default_blur_filter(module.blur_filter.shape[0]))
+        elif isinstance(module, PaCaViTAttention) and module.cluster_position_embeddings is not None:
+            init.trunc_normal_(module.cluster_position_embeddings, std=0.02)
+        elif isinstance(module, PaCaViTLayer):
+            if module.position_embeddings is not None:
+                init.trunc_normal_(module.position_embeddings, std=0.02)
+            if module.layer_scale_1 is not None:
+                init.constant_(module.layer_scale_1, float(self.config.layer_scale_init_value))
+                init.constant_(module.layer_scale_2, float(self.config.layer_scale_init_value))
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+class PaCaViTModel(PaCaViTPreTrainedModel):
+    """Bare PaCa-ViT: stem, (optional clustering teacher) and 4 stages; returns the stage feature maps."""
+
+    def __init__(self, config: PaCaViTConfig) -> None:
+        super().__init__(config)
+        self.embeddings = PaCaViTEmbeddings(config)
+        self.clustering_teacher = PaCaViTClusteringTeacher(config) if config.use_clustering_teacher else None
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        starts = [sum(config.depths[:i]) for i in range(config.num_stages)]
+        self.stages = nn.ModuleList(
+            PaCaViTStage(config, i, rates[starts[i] : starts[i] + config.depths[i]]) for i in range(config.num_stages)
+        )
+        self.post_init()
+
+    def forward_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        output_cluster_assignments: bool = False,
+    ) -> tuple[torch.Tensor, int, int, tuple, tuple, tuple]:
+        """Runs the network; returns last-stage tokens, their grid size, and the requested per-stage/block outputs."""
+        hidden_states, height, width = self.embeddings(pixel_values)
+        teacher_assignments = teacher_outputs = [None] * self.config.num_stages
+        if self.clustering_teacher is not None:
+            teacher_assignments, teacher_outputs = self.clustering_teacher(tokens_to_map(hidden_states, height, width))
+
+        all_hidden_states = (tokens_to_map(hidden_states, height, width),) if output_hidden_states else ()
+        all_attentions, all_assignments = (), ()
+        for i, stage in enumerate(self.stages):
+            hidden_states, height, width, attentions, assignments = stage(
+                hidden_states,
+                height,
+                width,
+                teacher_assignments[i],
+                teacher_outputs[i],
+                output_attentions,
+                output_cluster_assignments,
+            )
+            if output_hidden_states:
+                all_hidden_states += (tokens_to_map(hidden_states, height, width),)
+            all_attentions += tuple(attentions)
+            all_assignments += tuple(
+                None if z is None else z.transpose(1, 2).unflatten(2, (height, width)) for z in assignments
+            )
+        return hidden_states, height, width, all_hidden_states, all_attentions, all_assignments
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_cluster_assignments: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PaCaViTModelOutput | tuple:
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+
+        tokens, height, width, hidden_states, attentions, assignments = self.forward_features(
+            pixel_values, bool(output_attentions), bool(output_hidden_states), bool(output_cluster_assignments)
+        )
+        output = PaCaViTModelOutput(
+            last_hidden_state=tokens_to_map(tokens, height, width),
+            pooler_output=tokens.mean(dim=1),
+            hidden_states=hidden_states or None,
+            attentions=attentions or None,
+            cluster_assignments=assignments or None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
+    """PaCa-ViT with a linear head on the mean of the last-stage tokens (after the last stage LayerNorm)."""
+
+    def __init__(self, config: PaCaViTConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.pacavit = PaCaViTModel(config)
+        self.classifier = nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_cluster_assignments: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PaCaViTImageClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.pacavit(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_cluster_assignments=output_cluster_assignments,
+            return_dict=True,
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config)
+        output = PaCaViTImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            cluster_assignments=outputs.cluster_assignments,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class PaCaViTBackbone(BackboneMixin, PaCaViTPreTrainedModel):
+    """Multi-scale feature maps (strides 4/8/16/32 after each stage LayerNorm) for dense-prediction heads,
+    e.g. transformers' `UperNetForSemanticSegmentation`. `out_features`/`out_indices` pick the stages."""
+
+    def __init__(self, config: PaCaViTConfig) -> None:
+        super().__init__(config)
+        self.pacavit = PaCaViTModel(config)
+        self.num_features = [config.hidden_sizes[0]] + list(config.hidden_sizes)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_cluster_assignments: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> PaCaViTBackboneOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        outputs = self.pacavit(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=True,
+            output_cluster_assignments=output_cluster_assignments,
+            return_dict=True,
+        )
+        feature_maps = tuple(
+            hidden for name, hidden in zip(self.stage_names, outputs.hidden_states) if name in self.out_features
+        )
+        output = PaCaViTBackboneOutput(
+            feature_maps=feature_maps,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+            cluster_assignments=outputs.cluster_assignments,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "PaCaViTPreTrainedModel",
+    "PaCaViTModel",
+    "PaCaViTForImageClassification",
+    "PaCaViTBackbone",
+    "PaCaViTModelOutput",
+    "PaCaViTImageClassifierOutput",
+    "PaCaViTBackboneOutput",
+]
