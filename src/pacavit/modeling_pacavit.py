@@ -101,6 +101,14 @@ def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
     return feature_map.permute(0, 2, 3, 1).flatten(1, 2)
 
 
+def drop_path_rates(max_rate: float, depths: list[int]) -> list[list[float]]:
+    """Stochastic-depth rate of every block, increasing linearly from 0 to `max_rate`, split per stage."""
+    total = sum(depths)
+    rates = [max_rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return [rates[start : start + depth] for start, depth in zip(starts, depths)]
+
+
 def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
     """Stochastic depth per sample (the residual branch is dropped for whole samples)."""
     if drop_prob == 0.0 or not training:
@@ -516,12 +524,9 @@ class PaCaViTClusteringTeacher(nn.Module):
         super().__init__()
         dims, depths, act = config.hidden_sizes, config.teacher_depths, config.hidden_act
         eps, kernel = config.teacher_batch_norm_eps, config.teacher_kernel_size
-        rates = torch.linspace(0, config.teacher_drop_path_rate, sum(depths)).tolist()
-        starts = [sum(depths[:i]) for i in range(len(depths))]
+        rates = drop_path_rates(config.teacher_drop_path_rate, depths)
         self.stages = nn.ModuleList(
-            nn.Sequential(
-                *(PaCaViTConvMixerBlock(dims[i], kernel, act, eps, rates[starts[i] + j]) for j in range(depths[i]))
-            )
+            nn.Sequential(*(PaCaViTConvMixerBlock(dims[i], kernel, act, eps, rate) for rate in rates[i]))
             for i in range(len(depths))
         )
         self.downsamples = nn.ModuleList(
@@ -530,7 +535,7 @@ class PaCaViTClusteringTeacher(nn.Module):
         # top-down pathway: laterals[i] maps stage i+1 to the width of stage i, fpn_blocks[i] refines the sum
         self.laterals = nn.ModuleList(PaCaViTConvNormAct(dims[i + 1], dims[i], act, eps) for i in range(len(depths) - 1))
         self.fpn_blocks = nn.ModuleList(
-            PaCaViTConvMixerBlock(dims[i], kernel, act, eps, rates[starts[i]]) for i in range(len(depths) - 1)
+            PaCaViTConvMixerBlock(dims[i], kernel, act, eps, rates[i][0]) for i in range(len(depths) - 1)
         )
         self.to_clusters = nn.ModuleDict(
             {str(i): nn.Conv2d(dims[i], m, 1) for i, m in enumerate(config.num_clusters) if m > 0}
@@ -627,11 +632,8 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
         super().__init__(config)
         self.embeddings = PaCaViTEmbeddings(config)
         self.clustering_teacher = PaCaViTClusteringTeacher(config) if config.use_clustering_teacher else None
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
-        starts = [sum(config.depths[:i]) for i in range(config.num_stages)]
-        self.stages = nn.ModuleList(
-            PaCaViTStage(config, i, rates[starts[i] : starts[i] + config.depths[i]]) for i in range(config.num_stages)
-        )
+        rates = drop_path_rates(config.drop_path_rate, config.depths)
+        self.stages = nn.ModuleList(PaCaViTStage(config, i, rates[i]) for i in range(config.num_stages))
         self.post_init()
 
     def forward_features(
