@@ -8,7 +8,8 @@ In every stage with clusters, PaCa-ViT softly assigns the ``H x W`` patches to `
 >>> from pacavit.visualization import load_model, load_image_processor, prepare_image, extract_clusters
 >>> from pacavit.visualization import plot_cluster_map, plot_top_clusters, plot_query_attention
 >>> model = load_model("path/to/model_folder")
->>> pixel_values, display = prepare_image("cat.png", load_image_processor("path/to/model_folder"), model=model)
+>>> processor = load_image_processor("path/to/model_folder")
+>>> pixel_values, display = prepare_image("cat.png", processor, model=model)
 >>> clusters = extract_clusters(model, pixel_values, display_images=display)
 >>> plot_cluster_map(clusters)                 # hard argmax map per stage, one colour per cluster
 >>> plot_top_clusters(clusters, top_k=6)        # the most attended clusters as heatmaps
@@ -30,11 +31,14 @@ import os
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,7 +78,8 @@ class StageClusters:
         index: 0-based stage index; `name` is `"stage{index + 1}"`, as in `config.stage_names`.
         height, width: the stage's token grid.
         num_clusters: `M` (0 for a stage with plain self-attention).
-        assignments: one entry per block, `(B, M, H, W)` (softmax over `H*W`), or `None` in a stage without clusters.
+        assignments: one entry per block, `(B, M, H, W)` (softmax over `H*W`), or `None` in a stage
+            without clusters.
         attentions: one entry per block, `(B, heads, H*W, M)` (or `(B, heads, H*W, H*W)` without clusters).
     """
 
@@ -129,7 +134,8 @@ class ClusterExtraction:
 
     Attributes:
         pixel_values: the model input `(B, C, H, W)` (on the CPU).
-        display_images: `(B, H, W, 3)` float images in [0, 1], aligned with `pixel_values` (what the model saw).
+        display_images: `(B, H, W, 3)` float images in [0, 1], aligned with `pixel_values`
+            (what the model saw).
         stages: one `StageClusters` per stage.
         logits: classifier logits `(B, num_labels)` when the model has a classification head.
         id2label: the model's label names, if any.
@@ -171,19 +177,19 @@ def distinct_colors(n: int) -> np.ndarray:
     return colors
 
 
-def sample_image(index: int = 0, size: int = 64) -> "Image.Image":
-    """A built-in test image: scikit-learn's handwritten digit `index` (8x8, 16 grey levels) upscaled to
-    `size` x `size`, as an RGB PIL image (white digit on black, like the dataset). Falls back to
-    `synthetic_image(size)` when scikit-learn is not installed."""
+def sample_image(index: int = 0, size: int | None = None) -> "Image.Image":
+    """A built-in test image: scikit-learn's handwritten digit `index` as an RGB PIL image, converted exactly
+    as the default training run sees it (8x8, value v -> round(v * 255 / 16), white ink on black); upscaled
+    (bicubic) to `size` x `size` when given. Falls back to `synthetic_image` without scikit-learn."""
     from PIL import Image
 
     try:
         from sklearn.datasets import load_digits
     except ImportError:  # pragma: no cover - scikit-learn is optional
-        return synthetic_image(size)
-    digits = load_digits()
-    pixels = np.clip(digits.images[index] * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, mode="L").resize((size, size), Image.BICUBIC).convert("RGB")
+        return synthetic_image(size or 64)
+    pixels = np.rint(load_digits().images[index] * (255.0 / 16.0)).astype(np.uint8)
+    image = Image.fromarray(pixels, mode="L").convert("RGB")
+    return image if size is None else image.resize((size, size), Image.BICUBIC)
 
 
 def synthetic_image(size: int = 128) -> "Image.Image":
@@ -235,7 +241,9 @@ def load_image(image: Any) -> "Image.Image":
             raise ValueError(f"Expected an image array of shape (H, W) or (H, W, C), got {image.shape}.")
         image = Image.fromarray(array)
     if not isinstance(image, Image.Image):
-        raise TypeError(f"Unsupported image type {type(image).__name__}; give a path, a PIL image or an array.")
+        raise TypeError(
+            f"Unsupported image type {type(image).__name__}; give a path, a PIL image or an array."
+        )
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -248,14 +256,17 @@ def load_image(image: Any) -> "Image.Image":
 
 
 def load_model(name_or_path: str | None = None, preset: str | None = None, seed: int = 0, **config_overrides):
-    """Load a PaCa-ViT classifier from a local folder or Hub id, or build one with random weights from a preset.
+    """Load a PaCa-ViT classifier from a local folder or Hub id, or build one with random weights (preset).
 
     `config_overrides` go to `PaCaViTConfig.from_preset` (e.g. `num_labels=10`, `image_size=64`). The model is
     returned in eval mode. Set `HF_HUB_OFFLINE=1` to use only cached Hub files.
     """
     import transformers
 
-    from . import PaCaViTConfig, PaCaViTForImageClassification  # noqa: F401 - registers the Auto classes
+    from . import (
+        PaCaViTConfig,
+        PaCaViTForImageClassification,
+    )  # importing the package registers the Auto classes
 
     if (name_or_path is None) == (preset is None):
         raise ValueError("Give exactly one of `name_or_path` (folder or Hub id) and `preset`.")
@@ -268,7 +279,9 @@ def load_model(name_or_path: str | None = None, preset: str | None = None, seed:
         name = str(name_or_path)
         if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
             raise FileNotFoundError(f"{name} is a folder but has no config.json: not a saved model folder.")
-        looks_like_path = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+        looks_like_path = (
+            name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+        )
         if not os.path.exists(name) and looks_like_path:
             raise FileNotFoundError(f"Model folder not found: {name}")
         model = transformers.AutoModelForImageClassification.from_pretrained(name_or_path, **config_overrides)
@@ -276,7 +289,7 @@ def load_model(name_or_path: str | None = None, preset: str | None = None, seed:
 
 
 def load_image_processor(name_or_path: str | None):
-    """The image processor saved with a model (folder with `preprocessor_config.json`, or Hub id), else None."""
+    """The image processor saved with a model (folder with preprocessor_config.json, or Hub id), or None."""
     if name_or_path is None:
         return None
     from transformers import AutoImageProcessor
@@ -292,7 +305,7 @@ def load_image_processor(name_or_path: str | None):
 
 
 def _mean_std(image_processor, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The normalisation of `image_processor` (None if it does not normalise); ImageNet without a processor."""
+    """The normalisation of `image_processor` (None if it does not normalise); ImageNet's otherwise."""
     if image_processor is None:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     elif not getattr(image_processor, "do_normalize", True):
@@ -332,7 +345,7 @@ def prepare_image(
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Image -> (`pixel_values` `(1, C, H, W)`, display image `(1, H, W, 3)` in [0, 1]).
 
-    * With `image_processor` and no `image_size`: the processor's own pipeline (what the model was trained with).
+    * With `image_processor` and no `image_size`: the processor's own pipeline (as in training).
     * Otherwise: bicubic resize to `image_size` (an int for a square, or `(height, width)`; default: the model
       config's `image_size`, else 224), scaling to [0, 1] and normalisation with the processor's mean/std
       (ImageNet's without a processor).
@@ -469,7 +482,9 @@ def hard_cluster_map(stage: StageClusters, batch_index: int = 0, block: int = -1
     return z[batch_index].argmax(dim=0)
 
 
-def query_to_patch(query: Sequence[float], image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> tuple[int, int]:
+def query_to_patch(
+    query: Sequence[float], image_hw: tuple[int, int], grid_hw: tuple[int, int]
+) -> tuple[int, int]:
     """(row, col) of the query -> token (row, col) in a `grid_hw` grid.
 
     Integers are pixel coordinates of the input image (`image_hw`); floats in [0, 1] are normalised
@@ -487,7 +502,9 @@ def _normalise_query(query: Sequence[float], image_hw: tuple[int, int]) -> tuple
     for value, extent in zip(query, image_hw):
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             if not 0 <= value < extent:
-                raise ValueError(f"Query pixel {tuple(query)} is outside the {image_hw[0]}x{image_hw[1]} image.")
+                raise ValueError(
+                    f"Query pixel {tuple(query)} is outside the {image_hw[0]}x{image_hw[1]} image."
+                )
             out.append((value + 0.5) / extent)
         else:
             if not 0.0 <= float(value) <= 1.0:
@@ -497,7 +514,11 @@ def _normalise_query(query: Sequence[float], image_hw: tuple[int, int]) -> tuple
 
 
 def _format_query(query: Sequence[float]) -> str:
-    return "(" + ", ".join(str(v) if isinstance(v, (int, np.integer)) else f"{float(v):.3g}" for v in query) + ")"
+    return (
+        "("
+        + ", ".join(str(v) if isinstance(v, (int, np.integer)) else f"{float(v):.3g}" for v in query)
+        + ")"
+    )
 
 
 def query_attention_map(
@@ -505,13 +526,17 @@ def query_attention_map(
 ) -> torch.Tensor:
     """Where the patch at token position `query_rc` reads from, back-projected onto the stage grid: `(H, W)`.
 
-    With clusters: `sum_m attn[q, m] * z[m]`, averaged over heads (a distribution over the positions, since each
-    `z[m]` sums to 1 and `attn[q]` sums to 1 over m). Without clusters: the head-averaged attention row itself.
+    With clusters: `sum_m attn[q, m] * z[m]`, averaged over heads (a distribution over the positions, since
+    each `z[m]` sums to 1 and `attn[q]` sums to 1 over m). Without clusters: the head-averaged attention row.
     """
     attn = stage.attention(block)
     if attn is None:
         raise ValueError(f"No attentions for {stage.name}: extract them with output_attentions=True.")
     row, col = query_rc
+    if not (0 <= row < stage.height and 0 <= col < stage.width):
+        raise ValueError(
+            f"Query patch {tuple(query_rc)} is outside the {stage.height}x{stage.width} grid of {stage.name}."
+        )
     q = row * stage.width + col
     weights = attn[batch_index, :, q, :].mean(dim=0)  # (M,) or (N,)
     z = stage.assignment(block)
@@ -539,7 +564,9 @@ def rank_clusters(
     if by == "attention":
         attn = stage.attention(block)
         if attn is None:
-            raise ValueError("Ranking by attention needs the attentions (extract with output_attentions=True).")
+            raise ValueError(
+                "Ranking by attention needs the attentions (extract with output_attentions=True)."
+            )
         values, order = attn[batch_index].mean(dim=(0, 1)).sort(descending=True)
         return order, values
     if by == "area":
@@ -564,7 +591,9 @@ def _new_figure(ncols: int, row_heights: Sequence[float], panel: float = 2.6):
     height = sum(panel * h + 0.45 for h in row_heights) + 0.35
     fig = Figure(figsize=(panel * ncols, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(row_heights), ncols, squeeze=False, height_ratios=[panel * h + 0.45 for h in row_heights])
+    axes = fig.subplots(
+        len(row_heights), ncols, squeeze=False, height_ratios=[panel * h + 0.45 for h in row_heights]
+    )
     return fig, axes
 
 
@@ -617,10 +646,14 @@ def _block_label(stage: StageClusters, block: int) -> str:
 
 
 def plot_cluster_map(
-    clusters: ClusterExtraction, batch_index: int = 0, block: int = -1, alpha: float = 0.6, panel_size: float = 2.6
+    clusters: ClusterExtraction,
+    batch_index: int = 0,
+    block: int = -1,
+    alpha: float = 0.6,
+    panel_size: float = 2.6,
 ):
-    """Hard cluster map per stage: each position takes the colour of its argmax cluster, blended over the image
-    (`alpha` = weight of the colour). Cluster `m` has colour `distinct_colors(M)[m]` in every stage and figure."""
+    """Hard cluster map per stage: each position takes the colour of its argmax cluster, blended over the
+    image (`alpha` = weight of the colour). Cluster `m` has colour `distinct_colors(M)[m]` in every figure."""
     stages = clusters.clustered_stages
     if not stages:
         raise ValueError("The model has no stage with clusters (num_clusters is 0 everywhere).")
@@ -714,8 +747,9 @@ def plot_query_attention(
     panel_size: float = 2.6,
 ):
     """For one query patch: per stage, its attention over the clusters back-projected onto the image
-    (`sum_m attn[q, m] z[m]`, mean over heads; top row) and the attention weights of its `num_bars` most attended
-    clusters (bottom row, bars in the clusters' map colours). Stages without clusters show the attention row.
+    (`sum_m attn[q, m] z[m]`, mean over heads; top row) and the attention weights of its `num_bars` most
+    attended clusters (bottom row, bars in the clusters' map colours). Stages without clusters show the
+    attention row itself.
 
     `query` is (row, col): integers are input pixels, floats in [0, 1] normalised coordinates.
     """
@@ -752,7 +786,9 @@ def plot_query_attention(
         from matplotlib.patches import Rectangle
 
         ax.add_patch(
-            Rectangle((column * pw - 0.5, row * ph - 0.5), pw, ph, fill=False, edgecolor="cyan", linewidth=1.5)
+            Rectangle(
+                (column * pw - 0.5, row * ph - 0.5), pw, ph, fill=False, edgecolor="cyan", linewidth=1.5
+            )
         )
         kind = f"{stage.num_clusters} clusters" if stage.has_clusters else "self-attention"
         ax.set_title(
@@ -781,7 +817,9 @@ def plot_query_attention(
         bar_ax.set_ylim(0, max(float(values.max()) * 1.15, 1e-6))
         bar_ax.tick_params(axis="y", labelsize=7)
         bar_ax.set_title("attention weight (mean over heads)", fontsize=8)
-    _suptitle(fig, clusters, f"Attention of the query patch at {_format_query(query)} (row, col)", batch_index)
+    _suptitle(
+        fig, clusters, f"Attention of the query patch at {_format_query(query)} (row, col)", batch_index
+    )
     return fig
 
 
@@ -801,8 +839,8 @@ def save_cluster_figures(
     dpi: int = 110,
     title: str | None = None,
 ) -> dict[str, Path]:
-    """Write `cluster_map.png`, `top_clusters.png`, `query_attention.png` and an index (`index.html`, `index.md`)
-    to `out_dir`; return `{name: path}` (the index included).
+    """Write `cluster_map.png`, `top_clusters.png`, `query_attention.png` and an index (`index.html`,
+    `index.md`) to `out_dir`; return `{name: path}` (the index included).
 
     `image` is a path, PIL image or array (see `load_image`), or a ready `(1, C, H, W)` pixel tensor (shown
     stretched to [0, 1]). `image_processor`/`image_size` are used as in `prepare_image`.
@@ -847,15 +885,20 @@ def save_cluster_figures(
         f"input: {clusters.pixel_values.shape[-2]}x{clusters.pixel_values.shape[-1]}",
         "stages: "
         + ", ".join(
-            f"{s.name} {s.height}x{s.width} ({s.num_clusters} clusters)" if s.num_clusters else
-            f"{s.name} {s.height}x{s.width} (self-attention)"
+            f"{s.name} {s.height}x{s.width} ({s.num_clusters} clusters)"
+            if s.num_clusters
+            else f"{s.name} {s.height}x{s.width} (self-attention)"
             for s in clusters.stages
         ),
     ]
     if prediction is not None:
         summary.append(f"predicted: {prediction[0]} (p={prediction[1]:.2f})")
     md = [f"# {heading}", ""] + [f"- {line}" for line in summary] + [""]
-    body = [f"<h1>{html.escape(heading)}</h1>", "<ul>"] + [f"<li>{html.escape(s)}</li>" for s in summary] + ["</ul>"]
+    body = (
+        [f"<h1>{html.escape(heading)}</h1>", "<ul>"]
+        + [f"<li>{html.escape(s)}</li>" for s in summary]
+        + ["</ul>"]
+    )
     for name, caption, _ in figures:
         md += [f"## {caption}", "", f"![{caption}]({name}.png)", ""]
         body += [f"<h2>{html.escape(caption)}</h2>", f'<img src="{name}.png" alt="{html.escape(caption)}">']
