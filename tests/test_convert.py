@@ -251,3 +251,14 @@ def test_extract_state_dict_prefers_ema_on_request():
         extract_state_dict({"state_dict": plain}, use_ema=True)
     with pytest.raises(ConversionError, match="found keys \\['epoch', 'optimizer'\\]"):
         extract_state_dict({"epoch": 1, "optimizer": {}})
+
+
+def test_original_img_size_forms():
+    from pacavit.convert import config_from_original
+
+    square = dict(ORIGINAL_TINY, img_size=[64, 64], with_pos_embed=True)
+    assert config_from_original(square).image_size == 64
+    with pytest.raises(ConversionError, match="non-square img_size"):
+        config_from_original(dict(ORIGINAL_TINY, img_size=[64, 80], with_pos_embed=True))
+    # without position embeddings the training size does not matter
+    assert config_from_original(dict(ORIGINAL_TINY, img_size=[64, 80])).image_size == 64

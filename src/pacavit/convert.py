@@ -20,6 +20,11 @@ from pathlib import Path
 
 import torch
 
+try:
+    from transformers.initialization import no_init_weights
+except ImportError:  # pragma: no cover - transformers 4.x
+    from transformers.modeling_utils import no_init_weights
+
 from .configuration_pacavit import PaCaViTConfig, resolve_preset_name
 
 TASKS = ("image-classification", "backbone", "semantic-segmentation")
@@ -130,6 +135,13 @@ def config_from_original(constructor: dict, **overrides) -> PaCaViTConfig:
             teacher_batch_norm_eps=(teacher.get("norm_cfg") or {}).get("eps", 1e-5),
         )
 
+    image_size = c.get("img_size", 224)
+    if isinstance(image_size, (list, tuple)):
+        _require(
+            len(set(image_size)) == 1 or not c.get("with_pos_embed", False),
+            f"non-square img_size={list(image_size)} with with_pos_embed=True",
+        )
+        image_size = image_size[0]  # only the position embeddings use it
     post_norm, sub_ln = c.get("post_norm", False), c.get("sub_ln", False)
     out_indices = c.get("out_indices") or []
     kwargs = dict(
@@ -154,7 +166,7 @@ def config_from_original(constructor: dict, **overrides) -> PaCaViTConfig:
         layer_norm_eps=eps,
         hidden_act=_ACTIVATIONS[act],
         use_absolute_position_embeddings=c.get("with_pos_embed", False),
-        image_size=c.get("img_size", 224),
+        image_size=image_size,
         num_labels=c.get("num_classes", 1000),
         # the original counts stages from 0; our stage_names start with "stem"
         out_indices=[i + 1 for i in out_indices] if out_indices else None,
@@ -448,7 +460,8 @@ def convert_checkpoint(
     config = build_config(backbone_only, task, preset, original_config)
     converted, report = convert_state_dict(state_dict, config, task)
     model_class = PaCaViTForImageClassification if task == "image-classification" else PaCaViTBackbone
-    model = model_class(config).eval()
+    with no_init_weights():  # every weight is overwritten by the strict load below
+        model = model_class(config).eval()
     check_against_model(converted, model)
     model.load_state_dict(converted, strict=True)
     output_dir = Path(output_dir)
