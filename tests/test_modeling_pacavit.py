@@ -194,3 +194,11 @@ def test_torch_export_and_compile():
     torch.testing.assert_close(exported.module()(pixel_values).logits, expected, atol=1e-5, rtol=1e-5)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(pixel_values).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reusing_blocks_return_the_assignment_of_the_block_that_computed_it():
+    model = build(PaCaViTModel, "every-2")  # depths [3, 1, 3, 1], a new assignment at blocks 0 and 2
+    maps = model(torch.randn(1, 3, 64, 64), output_cluster_assignments=True).cluster_assignments
+    assert maps[1] is maps[0] and maps[2] is not maps[0]
+    assert maps[5] is maps[4] and maps[6] is not maps[4]  # stage 3: blocks 0, 1 (reuse), 2 (new)
+    assert maps[7] is None  # stage 4 has no clusters

@@ -664,8 +664,10 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
             if output_hidden_states:
                 all_hidden_states += (tokens_to_map(hidden_states, height, width),)
             all_attentions += tuple(attentions)
+            as_maps = {}  # one (B, M, H, W) view per distinct assignment: reusing blocks share it
             all_assignments += tuple(
-                None if z is None else z.transpose(1, 2).unflatten(2, (height, width)) for z in assignments
+                None if z is None else as_maps.setdefault(id(z), z.transpose(1, 2).unflatten(2, (height, width)))
+                for z in assignments
             )
         return hidden_states, height, width, all_hidden_states, all_attentions, all_assignments
 
