@@ -101,7 +101,10 @@ def _sdpa_custom_mapping() -> dict:
         # FlopCounterMode passes shapes (shape_wrapper) for custom formulas
         return _sdpa_formula(tuple(query_shape), tuple(key_shape), tuple(value_shape))
 
-    for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable"):
+    for name in (
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_fused_attention_overrideable",
+    ):
         op = getattr(aten, name, None)
         if op is not None:
             mapping[op] = flash_cpu
@@ -116,14 +119,14 @@ def _set_attn_implementation(model, name: str):
     previous = getattr(config, "_attn_implementation", None)
     try:
         config._attn_implementation = name
-    except Exception:  # pragma: no cover - very old/new transformers
+    except (AttributeError, ValueError, TypeError):  # pragma: no cover - very old/new transformers
         pass
     for module in model.modules():
         sub = getattr(module, "config", None)
         if sub is not None and sub is not config:
             try:
                 sub._attn_implementation = name
-            except Exception:  # pragma: no cover
+            except (AttributeError, ValueError, TypeError):  # pragma: no cover
                 pass
     return previous
 
@@ -181,7 +184,9 @@ def paper_elementwise_macs(config, height: int, width: int) -> float:
             elements += n * c
         if config.use_clustering_teacher:
             last = stage == config.num_stages - 1
-            teacher_blocks = config.teacher_depths[stage] + (0 if last else 1)  # stage blocks + top-down block
+            teacher_blocks = config.teacher_depths[stage] + (
+                0 if last else 1
+            )  # stage blocks + top-down block
             elements += teacher_blocks * n * c  # ConvMixer residual additions
             elements += 0 if last else n * c  # top-down sum
             elements += n * c  # PaCa stage output + teacher stage output
@@ -216,18 +221,24 @@ def count(name: str, image_size=224, num_labels: int = 1000, model=None, device:
     if model is None:
         try:
             with torch.device(device):
-                model = build_pacavit(name, num_labels) if is_paca else build_timm(name, num_labels, (height, width))
+                model = (
+                    build_pacavit(name, num_labels)
+                    if is_paca
+                    else build_timm(name, num_labels, (height, width))
+                )
         except Exception:  # a model that cannot be built on meta: count it for real
             if device != "meta":
                 raise
             device = "cpu"
-            model = build_pacavit(name, num_labels) if is_paca else build_timm(name, num_labels, (height, width))
+            model = (
+                build_pacavit(name, num_labels) if is_paca else build_timm(name, num_labels, (height, width))
+            )
     else:
         device = next(model.parameters()).device.type
     params = sum(p.numel() for p in model.parameters())
     pixel_values = torch.randn(1, 3, height, width, device=device)
     strict = count_strict_macs(model, pixel_values)
-    result = dict(model=name, image_size=[height, width], params=params, strict_macs=strict)
+    result = {"model": name, "image_size": [height, width], "params": params, "strict_macs": strict}
     if is_paca:
         result["paper_macs"] = strict + paper_elementwise_macs(model.config, height, width)
     else:
@@ -237,7 +248,9 @@ def count(name: str, image_size=224, num_labels: int = 1000, model=None, device:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="*", default=None, help="presets and/or timm names (default: every preset)")
+    parser.add_argument(
+        "--models", nargs="*", default=None, help="presets and/or timm names (default: every preset)"
+    )
     parser.add_argument("--image-size", default="224", help="224 or HxW")
     parser.add_argument("--num-labels", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None)
@@ -260,7 +273,9 @@ def main(argv=None) -> int:
         at_224 = parse_size(args.image_size) == (224, 224)
         ref = REFERENCE_PAPER_GMACS.get(row["model"]) if at_224 else None
         ref_strict = REFERENCE_STRICT_GMACS.get(row["model"]) if at_224 else None
-        ref_text = f"{ref:.3f}" if ref is not None else (f"{ref_strict:.2f}*" if ref_strict is not None else "")
+        ref_text = (
+            f"{ref:.3f}" if ref is not None else (f"{ref_strict:.2f}*" if ref_strict is not None else "")
+        )
         print(
             f"{row['model']:42s} {row['params'] / 1e6:10.2f} "
             f"{(paper / 1e9 if paper is not None else float('nan')):12.3f} {row['strict_macs'] / 1e9:13.3f} {ref_text:>10s}"
