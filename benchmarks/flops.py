@@ -93,7 +93,7 @@ def _sdpa_formula(query_shape, key_shape, value_shape):
 
 
 def _sdpa_custom_mapping() -> dict:
-    """FLOP formulas for SDPA kernels FlopCounterMode may not know on this build (e.g. the CPU flash kernel)."""
+    """FLOP formulas FlopCounterMode may lack: SDPA kernels (e.g. the CPU flash one) and in-place addmm_/baddbmm_."""
     mapping = {}
     aten = torch.ops.aten
 
@@ -108,6 +108,16 @@ def _sdpa_custom_mapping() -> dict:
         op = getattr(aten, name, None)
         if op is not None:
             mapping[op] = flash_cpu
+
+    # in-place accumulating matmuls (e.g. `out.addmm_(a, b)`), which FlopCounterMode does not list
+    def addmm_inplace(self_shape, a_shape, b_shape, *args, **kwargs):
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+    def baddbmm_inplace(self_shape, a_shape, b_shape, *args, **kwargs):
+        return 2 * a_shape[0] * a_shape[1] * a_shape[2] * b_shape[2]
+
+    mapping[aten.addmm_] = addmm_inplace
+    mapping[aten.baddbmm_] = baddbmm_inplace
     return mapping
 
 

@@ -83,3 +83,29 @@ def test_any_input_size():
     assert rows["224x448"]["image_size"] == [224, 448]
     ratio = rows[448]["strict_macs"] / rows[224]["strict_macs"]
     assert 3.9 < ratio < 4.3  # close to linear in the number of pixels
+
+
+def test_inplace_and_sdpa_matmuls_counted():
+    """Reformulations of the same maths (in-place accumulation, SDPA) must not change the count."""
+    import torch
+    import torch.nn.functional as F
+
+    a, b, c = torch.randn(64, 32), torch.randn(32, 16), torch.zeros(64, 16)
+
+    class Accumulate(torch.nn.Module):
+        def forward(self, x):
+            return c.clone().addmm_(x, b)
+
+    class Plain(torch.nn.Module):
+        def forward(self, x):
+            return x @ b
+
+    assert flops.count_strict_macs(Accumulate(), a) == flops.count_strict_macs(Plain(), a) == 64 * 32 * 16
+
+    q, k, v = torch.randn(1, 2, 10, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+
+    class Sdpa(torch.nn.Module):
+        def forward(self, x):
+            return F.scaled_dot_product_attention(x, k, v)
+
+    assert flops.count_strict_macs(Sdpa(), q) == 2 * (2 * 10 * 5 * 8)
