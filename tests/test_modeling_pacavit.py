@@ -202,3 +202,33 @@ def test_reusing_blocks_return_the_assignment_of_the_block_that_computed_it():
     assert maps[1] is maps[0] and maps[2] is not maps[0]
     assert maps[5] is maps[4] and maps[6] is not maps[4]  # stage 3: blocks 0, 1 (reuse), 2 (new)
     assert maps[7] is None  # stage 4 has no clusters
+
+
+@pytest.mark.parametrize("variant", ["conv-stagewise", "teacher", "every-2", "no-dwconv", "sub-norm-no-shortcut"])
+def test_fast_paths_compute_the_plain_function(variant, monkeypatch):
+    """The inference-only fast paths (in-place GELU, MLP hidden channels in slices) and channels-last inputs give
+    the outputs of the plain autograd path."""
+    from pacavit.modeling_pacavit import PaCaViTMlp
+
+    model = build(variant=variant)
+    pixel_values = torch.randn(2, 3, 61, 83)
+    monkeypatch.setattr(PaCaViTMlp, "inference_chunk_bytes", None)
+    plain = model(pixel_values, output_hidden_states=True)  # autograd on: no fast path
+    with torch.no_grad():
+        in_place = model(pixel_values).logits
+        monkeypatch.setattr(PaCaViTMlp, "inference_chunk_bytes", 1)  # one hidden channel per slice
+        sliced = model(pixel_values, output_hidden_states=True)
+        channels_last = model(pixel_values.contiguous(memory_format=torch.channels_last)).logits
+    for fast in (in_place, sliced.logits, channels_last):
+        torch.testing.assert_close(fast, plain.logits, atol=2e-5, rtol=2e-5)
+    for fast, reference in zip(sliced.hidden_states, plain.hidden_states):
+        torch.testing.assert_close(fast, reference, atol=2e-5, rtol=2e-5)
+
+
+def test_compiled_model_matches_eager_mode():
+    model = build(variant="conv-stagewise")
+    pixel_values = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(pixel_values).logits, expected, atol=1e-5, rtol=1e-5)

@@ -238,13 +238,25 @@ class PaCaViTClustering(nn.Module):
         else:  # linear
             self.to_clusters = nn.Linear(dim, num_clusters, bias=False)
 
-    def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def _features(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         if self.clustering_type == "conv":
             tokens = self.act(map_to_tokens(self.dwconv(tokens_to_map(tokens, height, width))))
             tokens = self.act(self.pwconv(tokens))
         elif self.clustering_type == "mlp":
             tokens = self.act(self.fc(tokens))
-        return self.to_clusters(tokens)
+        return tokens
+
+    def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return self.to_clusters(self._features(tokens, height, width))
+
+    def logits_per_cluster(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The same logits as `forward`, laid out `(B, M, N)`: the softmax over the patches then runs over the
+        contiguous last dim, and the pooling `z^T x` is a plain `(B, M, N) @ (B, N, C)` bmm."""
+        features = self._features(tokens, height, width)
+        logits = torch.matmul(self.to_clusters.weight, features.transpose(1, 2))  # (M, C) @ (B, C, N)
+        if self.to_clusters.bias is not None:
+            logits = logits + self.to_clusters.bias[:, None]
+        return logits
 
 
 class PaCaViTAttention(nn.Module):
@@ -290,7 +302,9 @@ class PaCaViTAttention(nn.Module):
         batch, num_patches, dim = hidden_states.shape
         if self.num_clusters > 0:
             if self.clustering is not None:
-                cluster_assignment = self.clustering(hidden_states, height, width).softmax(dim=1)
+                # softmax over the patches on a (B, M, N) layout; the (B, N, M) assignment is a view of it
+                logits = self.clustering.logits_per_cluster(hidden_states, height, width)
+                cluster_assignment = logits.softmax(dim=-1).transpose(1, 2)
             elif cluster_assignment is None:
                 raise RuntimeError("This block reuses a cluster assignment but none was given to it.")
             context = torch.bmm(cluster_assignment.transpose(1, 2), hidden_states)  # (B, M, C)
@@ -301,9 +315,18 @@ class PaCaViTAttention(nn.Module):
         else:
             context = hidden_states
 
-        query = self.query(hidden_states).view(batch, num_patches, self.num_heads, self.head_dim).transpose(1, 2)
-        key_value = self.key_value(context).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        key, value = key_value.unbind(0)
+        if self.num_clusters == 0:  # self-attention: q, k, v from one matmul (weights concatenated on the fly)
+            qkv = F.linear(
+                hidden_states,
+                torch.cat([self.query.weight, self.key_value.weight]),
+                torch.cat([self.query.bias, self.key_value.bias]),
+            )
+            qkv = qkv.view(batch, num_patches, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            query, key, value = qkv.unbind(0)
+        else:
+            query = self.query(hidden_states).view(batch, num_patches, self.num_heads, self.head_dim).transpose(1, 2)
+            key_value = self.key_value(context).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            key, value = key_value.unbind(0)
 
         attention_interface = eager_attention_forward
         if not output_attentions and self.config._attn_implementation not in (None, "eager"):
@@ -328,7 +351,17 @@ class PaCaViTAttention(nn.Module):
 # Block
 # --------------------------------------------------------------------------------------------
 class PaCaViTMlp(nn.Module):
-    """fc1 -> 3x3 depth-wise conv with shortcut (x + dwconv(x)) -> act -> dropout -> fc2 -> dropout."""
+    """fc1 -> 3x3 depth-wise conv with shortcut (x + dwconv(x)) -> act -> dropout -> fc2 -> dropout.
+
+    The shortcut is folded into the convolution (`x + dwconv(x)` is the depth-wise conv whose kernel has +1 on
+    its centre tap), which saves a pass and a buffer over the widest tensor of the block. Without autograd the
+    exact GELU runs in place, and on CPU inputs whose hidden activation would exceed `inference_chunk_bytes` run
+    the hidden channels in slices (fc2 is a sum over them), so no large (N, 4C) buffer is allocated: glibc serves
+    buffers over 32 MB from mmap and they are page-faulted on every call, which made high resolutions cost more
+    than linear. Set `PaCaViTMlp.inference_chunk_bytes = None` to disable the slicing.
+    """
+
+    inference_chunk_bytes: int | None = 32 * 2**20
 
     def __init__(self, config: PaCaViTConfig, stage: int) -> None:
         super().__init__()
@@ -338,15 +371,57 @@ class PaCaViTMlp(nn.Module):
         self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden) if config.mlp_dwconv else None
         self.dwconv_shortcut = config.mlp_dwconv_shortcut
         self.act = ACT2FN[config.hidden_act]
+        self.exact_gelu = config.hidden_act == "gelu"
         self.fc2 = nn.Linear(hidden, dim)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
+    def _dwconv_weight(self) -> torch.Tensor:
+        weight = self.dwconv.weight
+        if self.dwconv_shortcut:  # x + dwconv(x) == dwconv(x) with +1 on the centre tap
+            centre = weight.new_ones(weight.shape[0], 1, 1, 1)
+            weight = weight + F.pad(centre, (1, 1, 1, 1))
+        return weight
+
+    def _dwconv(self, tokens: torch.Tensor, height: int, width: int, weight, bias) -> torch.Tensor:
+        feature_map = tokens_to_map(tokens, height, width)
+        return map_to_tokens(F.conv2d(feature_map, weight, bias, padding=1, groups=weight.shape[0]))
+
+    def _activation(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.exact_gelu and not torch.is_grad_enabled():
+            return torch.ops.aten.gelu_(hidden_states)  # a fresh local buffer: in place is safe without autograd
+        return self.act(hidden_states)
+
+    def _forward_in_slices(self, tokens: torch.Tensor, height: int, width: int, slices: int) -> torch.Tensor:
+        batch, num_tokens, _ = tokens.shape
+        hidden = self.fc1.out_features
+        weight, bias = self._dwconv_weight(), self.dwconv.bias
+        bounds = [round(i * hidden / slices) for i in range(slices + 1)]
+        out = None
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            part = F.linear(tokens, self.fc1.weight[start:end], self.fc1.bias[start:end])
+            part = self._dwconv(part, height, width, weight[start:end], None if bias is None else bias[start:end])
+            part = self._activation(part).reshape(batch * num_tokens, end - start)
+            fc2_weight = self.fc2.weight[:, start:end].t()
+            out = torch.addmm(self.fc2.bias, part, fc2_weight) if out is None else out.addmm_(part, fc2_weight)
+        return out.view(batch, num_tokens, -1)
+
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if (
+            self.inference_chunk_bytes
+            and self.dwconv is not None
+            and self.exact_gelu
+            and not torch.is_grad_enabled()
+            and hidden_states.device.type == "cpu"  # a CPU allocator matter; GPUs keep one fused pass
+            and not (self.training and self.dropout.p > 0)
+        ):
+            hidden_bytes = hidden_states[..., :1].numel() * self.fc1.out_features * hidden_states.element_size()
+            slices = min(-(-hidden_bytes // self.inference_chunk_bytes), self.fc1.out_features)
+            if slices > 1:
+                return self._forward_in_slices(hidden_states, height, width, slices)
         hidden_states = self.fc1(hidden_states)
         if self.dwconv is not None:
-            convolved = map_to_tokens(self.dwconv(tokens_to_map(hidden_states, height, width)))
-            hidden_states = hidden_states + convolved if self.dwconv_shortcut else convolved
-        hidden_states = self.dropout(self.act(hidden_states))
+            hidden_states = self._dwconv(hidden_states, height, width, self._dwconv_weight(), self.dwconv.bias)
+        hidden_states = self.dropout(self._activation(hidden_states))
         return self.dropout(self.fc2(hidden_states))
 
 
@@ -558,8 +633,8 @@ class PaCaViTClusteringTeacher(nn.Module):
         assignments = []
         for i, features in enumerate(top_down):
             if str(i) in self.to_clusters:
-                logits = self.to_clusters[str(i)](features).flatten(2).transpose(1, 2)  # (B, N, M)
-                assignments.append(logits.softmax(dim=1))
+                logits = self.to_clusters[str(i)](features).flatten(2)  # (B, M, N)
+                assignments.append(logits.softmax(dim=-1).transpose(1, 2))  # (B, N, M) view, softmax over N
             else:
                 assignments.append(None)
         return assignments, [map_to_tokens(out) for out in outputs]
