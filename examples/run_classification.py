@@ -6,7 +6,7 @@ on the UCI handwritten digits that ship with scikit-learn (1,797 real 8x8 images
 a held-out 20% split, and writes a Hub-ready folder (model.safetensors, config.json with id2label,
 preprocessor_config.json, README.md model card with the measured accuracy)::
 
-    python examples/run_classification.py                  # or: accelerate launch examples/run_classification.py
+    python examples/run_classification.py       # or: accelerate launch examples/run_classification.py
 
 The paper's ImageNet-1k recipe is one flag (every knob is also a flag of its own)::
 
@@ -28,9 +28,10 @@ import time
 
 _PROCESS_START = time.time()  # wall time is measured from here (imports and data preparation included)
 
-# Before torch loads OpenMP: GNU OpenMP threads spin ~300k iterations at every barrier by default. On a CPU that
-# other processes also use, that turns a 0.17 s training step of the default run into ~10 s (measured on the
-# 2-core machine); a 10k spin count costs nothing when the machine is idle and degrades gracefully when it is not.
+# Before torch loads OpenMP: GNU OpenMP threads spin ~300k iterations at every barrier by default. On a CPU
+# that other processes also use, that turns a 0.17 s training step of the default run into ~10 s (measured on
+# the 2-core machine); a 10k spin count costs nothing when the machine is idle and degrades gracefully when it
+# is not.
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
@@ -44,9 +45,8 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import torch  # noqa: E402
-
 import datasets  # noqa: E402
+import torch  # noqa: E402
 import transformers  # noqa: E402
 from accelerate import Accelerator, DataLoaderConfiguration  # noqa: E402
 from accelerate.logging import get_logger  # noqa: E402
@@ -210,7 +210,9 @@ class _HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = "" if action.help == _NO_HELP else (action.help or "")
         if action.dest in BASE_DEFAULTS:
-            values = ", ".join(f"{name}: {RECIPES[name].get(action.dest, BASE_DEFAULTS[action.dest])}" for name in RECIPES)
+            values = ", ".join(
+                f"{name}: {RECIPES[name].get(action.dest, BASE_DEFAULTS[action.dest])}" for name in RECIPES
+            )
             return f"{text} [recipe defaults: {values}]".strip()
         if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
             return text
@@ -219,50 +221,82 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Train/evaluate PaCa-ViT image classification with Accelerate (defaults: built-in digits).",
+        description="Train/evaluate a PaCa-ViT image classifier with Accelerate (default: built-in digits).",
         formatter_class=_HelpFormatter,
     )
-    add = parser.add_argument
     g = parser.add_argument_group("recipe")
-    g.add_argument("--recipe", choices=sorted(RECIPES), default="digits",
-                   help="Defaults for every recipe flag below (explicit flags win).")
+    g.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="digits",
+        help="Defaults for every recipe flag below (explicit flags win).",
+    )
 
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset_name", default=None,
-                   help=f"Hub dataset id (online or cached). Default: the built-in {DIGITS_NAME!r} dataset.")
+    g.add_argument(
+        "--dataset_name",
+        default=None,
+        help=f"Hub dataset id (online or cached). Default: the built-in {DIGITS_NAME!r} dataset.",
+    )
     g.add_argument("--dataset_config_name", default=None)
-    g.add_argument("--train_dir", default=None, help="imagefolder directory (class sub-folders) for training.")
+    g.add_argument(
+        "--train_dir", default=None, help="imagefolder directory (class sub-folders) for training."
+    )
     g.add_argument("--validation_dir", default=None, help="imagefolder directory for evaluation.")
     g.add_argument("--train_split", default="train")
-    g.add_argument("--validation_split", default=None,
-                   help="Name of the evaluation split (default: 'validation', 'valid', 'val' or 'test').")
+    g.add_argument(
+        "--validation_split",
+        default=None,
+        help="Name of the evaluation split (default: 'validation', 'valid', 'val' or 'test').",
+    )
     g.add_argument("--image_column_name", default=None, help="Default: 'image' or 'img'.")
     g.add_argument("--label_column_name", default=None, help="Default: 'label' or 'labels'.")
-    g.add_argument("--train_val_split", type=float, default=None,
-                   help="Held-out fraction when the dataset has no evaluation split (stratified by label).")
+    g.add_argument(
+        "--train_val_split",
+        type=float,
+        default=None,
+        help="Held-out fraction when the dataset has no evaluation split (stratified by label).",
+    )
     g.add_argument("--max_train_samples", type=int, default=None)
     g.add_argument("--max_eval_samples", type=int, default=None)
-    g.add_argument("--skip_corrupt_images", action="store_true",
-                   help="Check every image first and skip unreadable ones (counted and logged) instead of failing.")
-    g.add_argument("--verify_images", action="store_true",
-                   help="Check every image before training and fail early, naming each unreadable file.")
+    g.add_argument(
+        "--skip_corrupt_images",
+        action="store_true",
+        help="Check every image first and skip unreadable ones (counted and logged) instead of failing.",
+    )
+    g.add_argument(
+        "--verify_images",
+        action="store_true",
+        help="Check every image before training and fail early, naming each unreadable file.",
+    )
     g.add_argument("--dataloader_num_workers", type=int, default=0)
     g.add_argument("--cache_dir", default=None)
 
     g = parser.add_argument_group("model")
-    g.add_argument("--model_name_or_path", default=None, help="Local folder or Hub id of a PaCa-ViT checkpoint.")
-    g.add_argument("--preset", default=None, help=f"Architecture when training from scratch: {pacavit.list_presets()}")
-    g.add_argument("--hidden_sizes", type=int, nargs="+", default=None, help="Override the preset's stage widths.")
+    g.add_argument(
+        "--model_name_or_path", default=None, help="Local folder or Hub id of a PaCa-ViT checkpoint."
+    )
+    g.add_argument(
+        "--preset", default=None, help=f"Architecture when training from scratch: {pacavit.list_presets()}"
+    )
+    g.add_argument(
+        "--hidden_sizes", type=int, nargs="+", default=None, help="Override the preset's stage widths."
+    )
     g.add_argument("--depths", type=int, nargs="+", default=None)
     g.add_argument("--num_attention_heads", type=int, nargs="+", default=None)
     g.add_argument("--num_clusters", type=int, nargs="+", default=None)
     g.add_argument("--drop_path_rate", type=float, default=None, help="Default: the preset's/checkpoint's.")
-    g.add_argument("--ignore_mismatched_sizes", action="store_true",
-                   help="Re-initialise the classifier when the checkpoint has a different label set.")
+    g.add_argument(
+        "--ignore_mismatched_sizes",
+        action="store_true",
+        help="Re-initialise the classifier when the checkpoint has a different label set.",
+    )
     g.add_argument("--attn_implementation", default=None, help="sdpa (default), eager, ...")
     g.add_argument("--trust_remote_code", action="store_true")
     g.add_argument("--image_size", type=int, default=None)
-    g.add_argument("--crop_pct", type=float, default=None, help="Eval resize: shortest edge = image_size / crop_pct.")
+    g.add_argument(
+        "--crop_pct", type=float, default=None, help="Eval resize: shortest edge = image_size / crop_pct."
+    )
     g.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest"], default=None)
     g.add_argument("--image_mean", **_floats(3))
     g.add_argument("--image_std", **_floats(3))
@@ -272,35 +306,65 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--per_device_eval_batch_size", type=int, default=None)
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--num_train_epochs", type=float, default=None)
-    g.add_argument("--max_train_steps", type=int, default=None, help="Optimizer updates; overrides the epochs.")
-    g.add_argument("--learning_rate", "--lr", type=float, default=None,
-                   help="Absolute peak lr; disables batch-size scaling (min/warmup lr keep their ratio to it).")
-    g.add_argument("--lr_base", type=float, default=None, help="Peak lr for a global batch of --lr_base_size.")
+    g.add_argument(
+        "--max_train_steps", type=int, default=None, help="Optimizer updates; overrides the epochs."
+    )
+    g.add_argument(
+        "--learning_rate",
+        "--lr",
+        type=float,
+        default=None,
+        help="Absolute peak lr; disables batch-size scaling (min/warmup lr keep their ratio to it).",
+    )
+    g.add_argument(
+        "--lr_base", type=float, default=None, help="Peak lr for a global batch of --lr_base_size."
+    )
     g.add_argument("--lr_base_size", type=int, default=None)
     g.add_argument("--lr_base_scale", choices=["linear", "sqrt"], default=None)
     g.add_argument("--min_lr_base", type=float, default=None, help="Final lr, scaled like --lr_base.")
-    g.add_argument("--warmup_lr_base", type=float, default=None, help="Initial warmup lr, scaled like --lr_base.")
+    g.add_argument(
+        "--warmup_lr_base", type=float, default=None, help="Initial warmup lr, scaled like --lr_base."
+    )
     g.add_argument("--warmup_epochs", type=float, default=None)
     g.add_argument("--num_warmup_steps", type=int, default=None, help="Overrides --warmup_epochs.")
     g.add_argument("--cooldown_epochs", type=float, default=None)
-    g.add_argument("--lr_scheduler_type", default=None,
-                   choices=["cosine", "tanh", "step", "multistep", "poly", "constant", "wsd"],
-                   help="timm scheduler, stepped per optimizer update.")
-    g.add_argument("--weight_decay", type=float, default=None,
-                   help="AdamW decoupled weight decay; never applied to norms, biases, 1-D params, embeddings.")
+    g.add_argument(
+        "--lr_scheduler_type",
+        default=None,
+        choices=["cosine", "tanh", "step", "multistep", "poly", "constant", "wsd"],
+        help="timm scheduler, stepped per optimizer update.",
+    )
+    g.add_argument(
+        "--weight_decay",
+        type=float,
+        default=None,
+        help="AdamW decoupled weight decay; never applied to norms, biases, 1-D params, embeddings.",
+    )
     g.add_argument("--opt_eps", type=float, default=None)
     g.add_argument("--opt_betas", **_floats(2))
-    g.add_argument("--layer_decay", type=float, default=None, help="Layer-wise lr decay (e.g. 0.75 for fine-tuning).")
-    g.add_argument("--clip_grad", type=float, default=None, help="Gradient clipping threshold (off by default).")
+    g.add_argument(
+        "--layer_decay", type=float, default=None, help="Layer-wise lr decay (e.g. 0.75 for fine-tuning)."
+    )
+    g.add_argument(
+        "--clip_grad", type=float, default=None, help="Gradient clipping threshold (off by default)."
+    )
     g.add_argument("--clip_mode", choices=["norm", "value"], default=None)
-    g.add_argument("--model_ema", action=argparse.BooleanOptionalAction, default=None,
-                   help="Keep an EMA of the weights (timm ModelEmaV3); evaluated and exported instead of the raw weights.")
+    g.add_argument(
+        "--model_ema",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Keep an EMA of the weights (timm ModelEmaV3); evaluated and exported instead of the weights.",
+    )
     g.add_argument("--model_ema_decay", type=float, default=None)
     g.add_argument("--model_ema_warmup", action=argparse.BooleanOptionalAction, default=None)
 
     g = parser.add_argument_group("augmentation (timm)")
-    g.add_argument("--train_augmentation", choices=["timm", "none"], default=None,
-                   help="'timm': timm.data.create_transform; 'none': the eval preprocessing (image processor).")
+    g.add_argument(
+        "--train_augmentation",
+        choices=["timm", "none"],
+        default=None,
+        help="'timm': timm.data.create_transform; 'none': the eval preprocessing (image processor).",
+    )
     g.add_argument("--scale", **_floats(2), help="RandomResizedCrop area range.")
     g.add_argument("--ratio", **_floats(2), help="RandomResizedCrop aspect range.")
     g.add_argument("--hflip", type=float, default=None)
@@ -320,23 +384,44 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("running")
     g.add_argument("--output_dir", default="runs/pacavit-digits")
     g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-                   help="Default: what `accelerate launch`/config says (fp32 otherwise).")
+    g.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="Default: what `accelerate launch`/config says (fp32 otherwise).",
+    )
     g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--activation_checkpointing", action="store_true", help="Trade compute for memory.")
-    g.add_argument("--num_threads", type=int, default=None,
-                   help="torch CPU threads per process (default on CPU: available cores / local processes).")
+    g.add_argument(
+        "--num_threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per process (default on CPU: available cores / local processes).",
+    )
     g.add_argument("--logging_steps", type=int, default=10)
     g.add_argument("--eval_every_epochs", type=int, default=1, help="0: evaluate only at the end.")
-    g.add_argument("--with_tracking", action="store_true", help="Log metrics with the trackers of --report_to.")
+    g.add_argument(
+        "--with_tracking", action="store_true", help="Log metrics with the trackers of --report_to."
+    )
     g.add_argument("--report_to", default="tensorboard")
     g.add_argument("--checkpointing_steps", default=None, help="'N' (every N updates) or 'epoch'.")
-    g.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep only the newest N checkpoints.")
-    g.add_argument("--resume_from_checkpoint", default=None,
-                   help="A checkpoint folder, or 'latest' for the newest one in --output_dir.")
-    g.add_argument("--eval_only", action="store_true", help="Only evaluate --model_name_or_path (top-1/top-5).")
-    g.add_argument("--pipeline_eval_samples", type=int, default=1000,
-                   help="After training, re-check this many raw validation images with pipeline('image-classification').")
+    g.add_argument(
+        "--checkpoints_total_limit", type=int, default=None, help="Keep only the newest N checkpoints."
+    )
+    g.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="A checkpoint folder, or 'latest' for the newest one in --output_dir.",
+    )
+    g.add_argument(
+        "--eval_only", action="store_true", help="Only evaluate --model_name_or_path (top-1/top-5)."
+    )
+    g.add_argument(
+        "--pipeline_eval_samples",
+        type=int,
+        default=1000,
+        help="After training, re-check this many raw eval images with pipeline('image-classification').",
+    )
     g.add_argument("--push_to_hub", action="store_true")
     g.add_argument("--hub_model_id", default=None)
     g.add_argument("--hub_token", default=None)
@@ -365,7 +450,9 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("--eval_only needs --model_name_or_path (a trained or converted checkpoint).")
     if args.checkpointing_steps is not None and args.checkpointing_steps != "epoch":
         if not str(args.checkpointing_steps).isdigit() or int(args.checkpointing_steps) < 1:
-            raise ValueError(f"--checkpointing_steps must be a positive integer or 'epoch', got {args.checkpointing_steps!r}")
+            raise ValueError(
+                f"--checkpointing_steps takes a positive integer or 'epoch', not {args.checkpointing_steps!r}"
+            )
         args.checkpointing_steps = int(args.checkpointing_steps)
     return args
 
@@ -377,7 +464,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ============================================================================================
 # Optimisation recipe (importable, unit-tested)
 # ============================================================================================
-def global_batch_size(per_device_batch_size: int, num_processes: int, gradient_accumulation_steps: int) -> int:
+def global_batch_size(
+    per_device_batch_size: int, num_processes: int, gradient_accumulation_steps: int
+) -> int:
     """Images per optimizer update, over all processes and accumulation steps."""
     return per_device_batch_size * num_processes * gradient_accumulation_steps
 
@@ -393,8 +482,9 @@ def scale_learning_rates(
 ) -> dict:
     """Peak, minimum and warmup-start learning rates for a global `batch_size`.
 
-    timm/PaCa rule: `lr = lr_base * batch_size / lr_base_size` (`sqrt` of that ratio for `"sqrt"`), and min/warmup
-    lr scaled by the same factor. An absolute `learning_rate` replaces the peak lr; min/warmup keep their ratio.
+    timm/PaCa rule: `lr = lr_base * batch_size / lr_base_size` (`sqrt` of that ratio for `"sqrt"`), and
+    min/warmup lr scaled by the same factor. An absolute `learning_rate` replaces the peak lr; min/warmup keep
+    their ratio to it.
     """
     if learning_rate is not None:
         factor = learning_rate / lr_base
@@ -406,7 +496,9 @@ def scale_learning_rates(
             factor = math.sqrt(ratio)
         else:
             raise ValueError(f"Unknown lr_base_scale {lr_base_scale!r}")
-    return dict(lr=lr_base * factor, min_lr=min_lr_base * factor, warmup_lr=warmup_lr_base * factor, factor=factor)
+    return dict(
+        lr=lr_base * factor, min_lr=min_lr_base * factor, warmup_lr=warmup_lr_base * factor, factor=factor
+    )
 
 
 # Names (fnmatch patterns) never decayed in addition to 1-D parameters (norm weights, biases, layer scales).
@@ -416,12 +508,14 @@ NO_WEIGHT_DECAY = ("*position_embeddings*",)
 def pacavit_group_matcher(coarse: bool = False) -> dict:
     """timm-style parameter grouping for layer-wise lr decay of `PaCaViTForImageClassification`.
 
-    Group 0 is the stem (and the clustering teacher); then one group per block (a stage's downsampling goes with
-    its first block, the stage LayerNorm with its last); the classifier (unmatched) is the last group.
+    Group 0 is the stem (and the clustering teacher); then one group per block (a stage's downsampling goes
+    with its first block, the stage LayerNorm with its last); the classifier (unmatched) is the last group.
     """
     prefix = r"^pacavit\."
     if coarse:
-        return dict(stem=[(prefix + r"(?:embeddings|clustering_teacher)", None)], blocks=prefix + r"stages\.(\d+)")
+        return dict(
+            stem=[(prefix + r"(?:embeddings|clustering_teacher)", None)], blocks=prefix + r"stages\.(\d+)"
+        )
     return dict(
         stem=[(prefix + r"(?:embeddings|clustering_teacher)", None)],
         blocks=[
@@ -458,10 +552,14 @@ def build_param_groups(
 
     if layer_decay is not None:
         return param_groups_layer_decay(
-            _GroupedModel(model), weight_decay=weight_decay, no_weight_decay_list=no_weight_decay_list,
+            _GroupedModel(model),
+            weight_decay=weight_decay,
+            no_weight_decay_list=no_weight_decay_list,
             layer_decay=layer_decay,
         )
-    return param_groups_weight_decay(model, weight_decay=weight_decay, no_weight_decay_list=no_weight_decay_list)
+    return param_groups_weight_decay(
+        model, weight_decay=weight_decay, no_weight_decay_list=no_weight_decay_list
+    )
 
 
 def build_optimizer(model: torch.nn.Module, args, lr: float) -> torch.optim.Optimizer:
@@ -500,8 +598,13 @@ def build_mixup(args, num_labels: int):
     from timm.data import Mixup
 
     return Mixup(
-        mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax, prob=args.mixup_prob,
-        switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
+        mixup_alpha=args.mixup,
+        cutmix_alpha=args.cutmix,
+        cutmix_minmax=args.cutmix_minmax,
+        prob=args.mixup_prob,
+        switch_prob=args.mixup_switch_prob,
+        mode=args.mixup_mode,
+        label_smoothing=args.smoothing,
         num_classes=num_labels,
     )
 
@@ -525,8 +628,11 @@ def build_image_processor(args):
     from transformers import ConvNextImageProcessor
     from transformers.image_utils import PILImageResampling
 
-    resample = {"bicubic": PILImageResampling.BICUBIC, "bilinear": PILImageResampling.BILINEAR,
-                "nearest": PILImageResampling.NEAREST}[args.interpolation]
+    resample = {
+        "bicubic": PILImageResampling.BICUBIC,
+        "bilinear": PILImageResampling.BILINEAR,
+        "nearest": PILImageResampling.NEAREST,
+    }[args.interpolation]
     return ConvNextImageProcessor(
         do_resize=True,
         size={"shortest_edge": args.image_size},
@@ -570,7 +676,9 @@ def make_collate_fn(image_processor):
         if "pixel_values" in examples[0]:
             pixel_values = torch.stack([e["pixel_values"] for e in examples])
         else:
-            pixel_values = image_processor(images=[e["image"] for e in examples], return_tensors="pt")["pixel_values"]
+            pixel_values = image_processor(images=[e["image"] for e in examples], return_tensors="pt")[
+                "pixel_values"
+            ]
         return {"pixel_values": pixel_values, "labels": labels}
 
     return collate
@@ -599,12 +707,17 @@ def load_raw_datasets(args):
         if args.validation_dir:
             data_files["validation"] = os.path.join(args.validation_dir, "**")
         raw = datasets.load_dataset("imagefolder", data_files=data_files, cache_dir=args.cache_dir)
-        dirs = ", ".join(f"{k}: {v}" for k, v in (("train", args.train_dir), ("validation", args.validation_dir)) if v)
+        dirs = ", ".join(
+            f"{k}: {v}" for k, v in (("train", args.train_dir), ("validation", args.validation_dir)) if v
+        )
         source = dict(name="imagefolder", description=f"local image folders ({dirs})", builtin=False)
     elif args.dataset_name in (None, DIGITS_NAME, "digits"):
         full = load_digits_dataset()
         raw = split_train_validation(full, args.train_val_split, args.seed)
-        description = DIGITS_DESCRIPTION + f" Held-out split: {args.train_val_split:.0%}, stratified by label, seed {args.seed}."
+        description = (
+            DIGITS_DESCRIPTION
+            + f" Held-out split: {args.train_val_split:.0%}, stratified by label, seed {args.seed}."
+        )
         return raw, dict(name=DIGITS_NAME, description=description, builtin=True)
     else:
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=args.cache_dir)
@@ -616,7 +729,9 @@ def load_raw_datasets(args):
         out["train"] = splits[args.train_split]
     val_name = args.validation_split
     if val_name is None:
-        val_name = next((n for n in ("validation", "valid", "val", "test") if n in splits and n != args.train_split), None)
+        val_name = next(
+            (n for n in ("validation", "valid", "val", "test") if n in splits and n != args.train_split), None
+        )
     if val_name is not None:
         if val_name not in splits:
             raise ValueError(f"Split {val_name!r} not found; splits: {list(splits)}")
@@ -624,7 +739,9 @@ def load_raw_datasets(args):
     if "validation" not in out:
         if "train" not in out:
             raise ValueError(f"No train or validation split found; splits: {list(splits)}")
-        label_col = _pick_column(list(out["train"].features), args.label_column_name, ("label", "labels"), "label")
+        label_col = _pick_column(
+            list(out["train"].features), args.label_column_name, ("label", "labels"), "label"
+        )
         out = dict(split_train_validation(out["train"], args.train_val_split, args.seed, label_col))
         source["description"] += f", {args.train_val_split:.0%} of the train split held out (stratified)"
     return datasets.DatasetDict(out), source
@@ -698,9 +815,12 @@ def save_checkpoint(accelerator, output_dir: str, name: str, state: dict, total_
 # Evaluation, model card, Hub
 # ============================================================================================
 @torch.no_grad()
-def evaluate(model, dataloader, accelerator, ks=(1, 5), channels_last: bool = False) -> tuple[dict, torch.Tensor]:
+def evaluate(
+    model, dataloader, accelerator, ks=(1, 5), channels_last: bool = False
+) -> tuple[dict, torch.Tensor]:
     """Top-k accuracy and mean cross-entropy over the whole (sharded) eval set, gathered with
-    `gather_for_metrics` (duplicated padding samples dropped). Also returns the top-1 predictions in dataset order."""
+    `gather_for_metrics` (duplicated padding samples dropped). Also returns the top-1 predictions in dataset
+    order."""
     was_training = model.training
     model.eval()
     metric = TopKAccuracy(ks)
@@ -714,7 +834,9 @@ def evaluate(model, dataloader, accelerator, ks=(1, 5), channels_last: bool = Fa
             logits = model(pixel_values=pixel_values).logits.float()
         losses = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
         predictions = topk_predictions(logits, max(ks))
-        predictions, references, losses = accelerator.gather_for_metrics((predictions, batch["labels"], losses))
+        predictions, references, losses = accelerator.gather_for_metrics(
+            (predictions, batch["labels"], losses)
+        )
         metric.add_batch(predictions=predictions, references=references)
         loss_sum += float(losses.sum())
         count += losses.numel()
@@ -739,9 +861,12 @@ def hardware_description(accelerator, num_threads: int) -> str:
         except OSError:
             pass
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        device = (f"CPU only: {cores} core(s) available ({cpu}), {accelerator.num_processes} process(es) x "
-                  f"{num_threads} torch thread(s)")
-    return f"{device}; torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}"
+        device = (
+            f"CPU only: {cores} core(s) available ({cpu}), {accelerator.num_processes} process(es) x "
+            f"{num_threads} torch thread(s)"
+        )
+    versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
+    return f"{device}; {versions}, Python {platform.python_version()}"
 
 
 def write_model_card(path: Path, info: dict) -> None:
@@ -753,53 +878,67 @@ def write_model_card(path: Path, info: dict) -> None:
         library_name="transformers",
         pipeline_tag="image-classification",
         tags=["pacavit", "image-classification", "vision", "generated_from_run_classification"],
-        datasets=[info["dataset_name"]] if not info.get("dataset_builtin") and info["dataset_name"] != "imagefolder" else None,
+        datasets=[info["dataset_name"]]
+        if not info.get("dataset_builtin") and info["dataset_name"] != "imagefolder"
+        else None,
         metrics=["accuracy"],
         model_name=info["model_name"],
         eval_results=[
-            EvalResult(task_type="image-classification", dataset_type=info["dataset_name"],
-                       dataset_name=info["dataset_name"], dataset_split="validation", metric_type="accuracy",
-                       metric_name=f"Top-{k} accuracy", metric_value=round(info[f"top{k}"] / 100.0, 4))
-            for k in (1, 5) if f"top{k}" in info
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=info["dataset_name"],
+                dataset_name=info["dataset_name"],
+                dataset_split="validation",
+                metric_type="accuracy",
+                metric_name=f"Top-{k} accuracy",
+                metric_value=round(info[f"top{k}"] / 100.0, 4),
+            )
+            for k in (1, 5)
+            if f"top{k}" in info
         ],
     )
     recipe_rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in info["recipe"].items())
     pipeline_line = ""
     if info.get("pipeline_top1") is not None:
-        pipeline_line = (f"- `pipeline(\"image-classification\")` on {info['pipeline_samples']} raw validation images: "
-                         f"top-1 {info['pipeline_top1']:.2f}% (same top-1 prediction as the evaluation loop on "
-                         f"{info['pipeline_agreement']:.2f}% of them)\n")
+        pipeline_line = (
+            f'- `pipeline("image-classification")` on {info["pipeline_samples"]} raw validation images: '
+            f"top-1 {info['pipeline_top1']:.2f}% (same top-1 prediction as the evaluation loop on "
+            f"{info['pipeline_agreement']:.2f}% of them)\n"
+        )
+    names = info["label_names"]
+    label_list = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
     body = f"""
-# {info['model_name']}
+# {info["model_name"]}
 
 PaCa-ViT (Patch-to-Cluster Attention, CVPR 2023) image classifier trained with
 `examples/run_classification.py` of the `pacavit` package.
 
-## Results (held-out validation split, {info['num_eval_samples']} images)
+## Results (held-out validation split, {info["num_eval_samples"]} images)
 
-- top-1 accuracy: **{info['top1']:.2f}%**
-- top-5 accuracy: {info['top5']:.2f}%
-- evaluation loss: {info['eval_loss']:.4f}
-{pipeline_line}- weights: {info['weights']}
+- top-1 accuracy: **{info["top1"]:.2f}%**
+- top-5 accuracy: {info["top5"]:.2f}%
+- evaluation loss: {info["eval_loss"]:.4f}
+{pipeline_line}- weights: {info["weights"]}
 
 ## Data
 
-{info['dataset_description']}
+{info["dataset_description"]}
 
-Training images: {info['num_train_samples']}; evaluation images: {info['num_eval_samples']};
-classes: {info['num_labels']} ({', '.join(info['label_names'][:20])}{' ...' if len(info['label_names']) > 20 else ''}).
-Preprocessing (`preprocessor_config.json`, `ConvNextImageProcessor`): {info['preprocessing']}.
-Training augmentation: {info['augmentation']}.
+Training images: {info["num_train_samples"]}; evaluation images: {info["num_eval_samples"]};
+classes: {info["num_labels"]} ({label_list}).
+Preprocessing (`preprocessor_config.json`, `ConvNextImageProcessor`): {info["preprocessing"]}.
+Training augmentation: {info["augmentation"]}.
 
 ## Architecture
 
-Preset `{info['preset']}`{info['arch_note']}: hidden sizes {info['hidden_sizes']}, depths {info['depths']},
-attention heads {info['num_attention_heads']}, clusters {info['num_clusters']}, drop-path {info['drop_path_rate']};
-{info['num_parameters'] / 1e6:.2f} M parameters.
+Preset `{info["preset"]}`{info["arch_note"]}: hidden sizes {info["hidden_sizes"]}, depths {info["depths"]},
+attention heads {info["num_attention_heads"]}, clusters {info["num_clusters"]},
+drop-path {info["drop_path_rate"]};
+{info["num_parameters"] / 1e6:.2f} M parameters.
 
 ## Training recipe
 
-`{info['command']}`
+`{info["command"]}`
 
 | setting | value |
 |---|---|
@@ -807,8 +946,8 @@ attention heads {info['num_attention_heads']}, clusters {info['num_clusters']}, 
 
 ## Hardware and time
 
-{info['hardware']}. Wall time {info['wall_time_s']:.0f} s from process start to the saved folder
-(training {info['train_time_s']:.0f} s, {info['completed_steps']} optimizer updates).
+{info["hardware"]}. Wall time {info["wall_time_s"]:.0f} s from process start to the saved folder
+(training {info["train_time_s"]:.0f} s, {info["completed_steps"]} optimizer updates).
 
 ## Usage
 
@@ -816,7 +955,7 @@ attention heads {info['num_attention_heads']}, clusters {info['num_clusters']}, 
 import pacavit  # registers PaCa-ViT with the transformers Auto classes
 from transformers import pipeline
 
-classifier = pipeline("image-classification", model="{info['repo_or_path']}")
+classifier = pipeline("image-classification", model="{info["repo_or_path"]}")
 classifier(image)  # a PIL image
 ```
 """
@@ -831,14 +970,18 @@ def hub_preflight(args) -> str:
     repo_id = args.hub_model_id or Path(args.output_dir).absolute().name
     if constants.HF_HUB_OFFLINE:
         raise SystemExit(
-            "--push_to_hub needs the Hugging Face Hub, but offline mode is on (HF_HUB_OFFLINE=1). Unset it, or run "
+            "--push_to_hub needs the Hugging Face Hub, but offline mode is on (HF_HUB_OFFLINE=1). Unset it, "
+            "or run "
             f"without --push_to_hub and upload later with `hf upload {repo_id} {args.output_dir}`."
         )
     try:
-        return HfApi(token=args.hub_token).create_repo(repo_id, exist_ok=True, private=args.hub_private).repo_id
+        return (
+            HfApi(token=args.hub_token).create_repo(repo_id, exist_ok=True, private=args.hub_private).repo_id
+        )
     except Exception as error:  # no network, no token, no permission, ...
         raise SystemExit(
-            f"--push_to_hub: cannot create/access the Hub repository {repo_id!r} ({type(error).__name__}: {error}). "
+            f"--push_to_hub: cannot create/access the Hub repository {repo_id!r} "
+            f"({type(error).__name__}: {error}). "
             "Check the network connection and your token (`hf auth login` or --hub_token), or run without "
             f"--push_to_hub and upload later with `hf upload {repo_id} {args.output_dir}`."
         ) from error
@@ -851,7 +994,9 @@ def configure_threads(args, accelerator) -> int:
         torch.set_num_threads(args.num_threads)
     elif accelerator.device.type == "cpu":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes if accelerator.num_processes else 1))
+        local = int(
+            os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes if accelerator.num_processes else 1)
+        )
         torch.set_num_threads(max(1, cores // max(1, local)))
     return torch.get_num_threads()
 
@@ -869,7 +1014,10 @@ def _json_default(value):
 # ============================================================================================
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    command = "python examples/run_classification.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    command = (
+        "python examples/run_classification.py"
+        + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    )
 
     accelerator_kwargs = dict(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -882,8 +1030,9 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator_kwargs["log_with"] = args.report_to
     accelerator = Accelerator(**accelerator_kwargs)
 
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+    )
     logger.info(accelerator.state, main_process_only=False)
     if accelerator.is_local_main_process:
         datasets.utils.logging.set_verbosity_warning()
@@ -911,21 +1060,29 @@ def main(argv: list[str] | None = None) -> dict:
     label_column = _pick_column(columns, args.label_column_name, ("label", "labels"), "label")
     label_feature = raw["validation"].features[label_column]
     if not isinstance(label_feature, datasets.ClassLabel):
-        raise ValueError(f"The label column {label_column!r} must be a datasets.ClassLabel, got {label_feature}.")
+        raise ValueError(
+            f"The label column {label_column!r} must be a datasets.ClassLabel, got {label_feature}."
+        )
     label_names = list(label_feature.names)
     id2label = {i: name for i, name in enumerate(label_names)}
     label2id = {name: i for i, name in id2label.items()}
 
     if args.max_train_samples is not None and "train" in raw:
-        raw["train"] = raw["train"].shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(raw["train"]))))
+        raw["train"] = (
+            raw["train"].shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(raw["train"]))))
+        )
     if args.max_eval_samples is not None:
-        raw["validation"] = raw["validation"].select(range(min(args.max_eval_samples, len(raw["validation"]))))
+        raw["validation"] = raw["validation"].select(
+            range(min(args.max_eval_samples, len(raw["validation"])))
+        )
     skipped = {}
     if args.skip_corrupt_images or args.verify_images:
         for split in list(raw):
             if args.eval_only and split == "train":
                 continue
-            raw[split], messages = drop_corrupt_images(raw[split], image_column, split, args.skip_corrupt_images)
+            raw[split], messages = drop_corrupt_images(
+                raw[split], image_column, split, args.skip_corrupt_images
+            )
             skipped[split] = len(messages)
             for message in messages[:20]:
                 logger.warning(f"Skipping: {message}")
@@ -941,21 +1098,31 @@ def main(argv: list[str] | None = None) -> dict:
         if args.drop_path_rate is not None:
             config_kwargs["drop_path_rate"] = args.drop_path_rate
         config = AutoConfig.from_pretrained(args.model_name_or_path, **config_kwargs)
-        model_kwargs = dict(config=config, ignore_mismatched_sizes=args.ignore_mismatched_sizes,
-                            trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir)
+        model_kwargs = dict(
+            config=config,
+            ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+            trust_remote_code=args.trust_remote_code,
+            cache_dir=args.cache_dir,
+        )
         if args.attn_implementation:
             model_kwargs["attn_implementation"] = args.attn_implementation
         model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path, **model_kwargs)
         if args.eval_only and model.config.num_labels != len(label_names):
-            raise ValueError(f"The checkpoint has {model.config.num_labels} labels but the dataset has {len(label_names)}.")
+            raise ValueError(
+                f"The checkpoint has {model.config.num_labels} labels but the dataset has {len(label_names)}."
+            )
         preset_name = getattr(model.config, "_name_or_path", None) or args.model_name_or_path
     else:
         for key in ("hidden_sizes", "depths", "num_attention_heads", "num_clusters", "drop_path_rate"):
             if getattr(args, key) is not None:
                 arch_overrides[key] = getattr(args, key)
         config = PaCaViTConfig.from_preset(
-            args.preset, num_labels=len(label_names), id2label=id2label, label2id=label2id,
-            image_size=args.image_size, **arch_overrides,
+            args.preset,
+            num_labels=len(label_names),
+            id2label=id2label,
+            label2id=label2id,
+            image_size=args.image_size,
+            **arch_overrides,
         )
         model_kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
         model = AutoModelForImageClassification.from_config(config, **model_kwargs)
@@ -965,8 +1132,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     num_parameters = sum(p.numel() for p in model.parameters())
-    logger.info(f"Model: {preset_name} {arch_overrides or ''}, {num_parameters / 1e6:.2f} M parameters, "
-                f"{len(label_names)} labels.")
+    logger.info(
+        f"Model: {preset_name} {arch_overrides or ''}, {num_parameters / 1e6:.2f} M parameters, "
+        f"{len(label_names)} labels."
+    )
 
     # ---------------------------------------------------------------- preprocessing and loaders
     image_processor = None
@@ -975,16 +1144,27 @@ def main(argv: list[str] | None = None) -> dict:
         from transformers import AutoImageProcessor
 
         try:  # validate a checkpoint with its own preprocessing
-            image_processor = AutoImageProcessor.from_pretrained(args.model_name_or_path, cache_dir=args.cache_dir)
-            logger.info(f"Evaluating with the checkpoint's own image processor: {type(image_processor).__name__}.")
+            image_processor = AutoImageProcessor.from_pretrained(
+                args.model_name_or_path, cache_dir=args.cache_dir
+            )
+            logger.info(
+                f"Evaluating with the checkpoint's own image processor: {type(image_processor).__name__}."
+            )
         except (OSError, ValueError) as error:
-            logger.warning(f"No usable image processor in {args.model_name_or_path} ({error}); using the flags.")
+            logger.warning(
+                f"No usable image processor in {args.model_name_or_path} ({error}); using the flags."
+            )
     if image_processor is None:
         image_processor = build_image_processor(args)
     collate_fn = make_collate_fn(image_processor)
-    eval_dataset = ImageClassificationDataset(raw["validation"], image_column, label_column, split="validation")
+    eval_dataset = ImageClassificationDataset(
+        raw["validation"], image_column, label_column, split="validation"
+    )
     eval_dataloader = torch.utils.data.DataLoader(
-        eval_dataset, batch_size=args.per_device_eval_batch_size, shuffle=False, collate_fn=collate_fn,
+        eval_dataset,
+        batch_size=args.per_device_eval_batch_size,
+        shuffle=False,
+        collate_fn=collate_fn,
         num_workers=args.dataloader_num_workers,
     )
 
@@ -992,32 +1172,53 @@ def main(argv: list[str] | None = None) -> dict:
         model, eval_dataloader = accelerator.prepare(model, eval_dataloader)
         metrics, _ = evaluate(model, eval_dataloader, accelerator, channels_last=args.channels_last)
         results = {f"eval_{k}": v for k, v in metrics.items()}
-        results.update(model=args.model_name_or_path, world_size=accelerator.num_processes,
-                       wall_time_s=time.time() - _PROCESS_START)
-        logger.info(f"Eval-only: top-1 {metrics['top1']:.3f}%  top-5 {metrics['top5']:.3f}%  "
-                    f"loss {metrics['loss']:.4f}  ({metrics['num_samples']} images)")
+        results.update(
+            model=args.model_name_or_path,
+            world_size=accelerator.num_processes,
+            wall_time_s=time.time() - _PROCESS_START,
+        )
+        logger.info(
+            f"Eval-only: top-1 {metrics['top1']:.3f}%  top-5 {metrics['top5']:.3f}%  "
+            f"loss {metrics['loss']:.4f}  ({metrics['num_samples']} images)"
+        )
         if accelerator.is_main_process:
-            Path(args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+            Path(args.output_dir, "eval_results.json").write_text(
+                json.dumps(results, indent=2, default=_json_default)
+            )
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return results
 
     if "train" not in raw:
-        raise ValueError("No training split; pass --train_dir or a dataset with a train split (or --eval_only).")
+        raise ValueError(
+            "No training split; pass --train_dir or a dataset with a train split (or --eval_only)."
+        )
     train_transform = build_train_transform(args)
     train_dataset = ImageClassificationDataset(
         raw["train"], image_column, label_column, transform=train_transform, seed=args.seed, split="train"
     )
     train_dataloader = torch.utils.data.DataLoader(
-        train_dataset, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
-        collate_fn=collate_fn, num_workers=args.dataloader_num_workers,
+        train_dataset,
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate_fn,
+        num_workers=args.dataloader_num_workers,
     )
 
     # ---------------------------------------------------------------- optimisation
-    batch_size = global_batch_size(args.per_device_train_batch_size, accelerator.num_processes,
-                                   args.gradient_accumulation_steps)
-    lrs = scale_learning_rates(args.lr_base, args.min_lr_base, args.warmup_lr_base, batch_size, args.lr_base_size,
-                               args.lr_base_scale, args.learning_rate)
+    batch_size = global_batch_size(
+        args.per_device_train_batch_size, accelerator.num_processes, args.gradient_accumulation_steps
+    )
+    lrs = scale_learning_rates(
+        args.lr_base,
+        args.min_lr_base,
+        args.warmup_lr_base,
+        batch_size,
+        args.lr_base_size,
+        args.lr_base_scale,
+        args.learning_rate,
+    )
     optimizer = build_optimizer(model, args, lrs["lr"])
     mixup = build_mixup(args, len(label_names))
     criterion = build_criterion(args, mixup)
@@ -1044,7 +1245,9 @@ def main(argv: list[str] | None = None) -> dict:
     scheduler = build_scheduler(optimizer, args, lrs, updates_per_epoch, args.max_train_steps)
 
     hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
-    hparams.update(global_batch_size=batch_size, peak_lr=lrs["lr"], min_lr=lrs["min_lr"], warmup_lr=lrs["warmup_lr"])
+    hparams.update(
+        global_batch_size=batch_size, peak_lr=lrs["lr"], min_lr=lrs["min_lr"], warmup_lr=lrs["warmup_lr"]
+    )
     if args.with_tracking:
         accelerator.init_trackers("run_classification", config=hparams)
 
@@ -1055,16 +1258,23 @@ def main(argv: list[str] | None = None) -> dict:
         if args.resume_from_checkpoint == "latest":
             resume_path = find_latest_checkpoint(args.output_dir)
             if resume_path is None:
-                logger.warning(f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir}; starting afresh.")
+                logger.warning(
+                    f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir}; starting afresh."
+                )
         else:
             resume_path = Path(args.resume_from_checkpoint)
             if not (resume_path / TRAINING_STATE).is_file():
-                raise FileNotFoundError(f"{resume_path} is not a checkpoint of this script (no {TRAINING_STATE}).")
+                raise FileNotFoundError(
+                    f"{resume_path} is not a checkpoint of this script (no {TRAINING_STATE})."
+                )
     if resume_path is not None:
         accelerator.load_state(str(resume_path))
         state = json.loads((resume_path / TRAINING_STATE).read_text())
         if state.get("global_batch_size") not in (None, batch_size):
-            logger.warning(f"The checkpoint was trained with global batch {state['global_batch_size']}, now {batch_size}.")
+            logger.warning(
+                f"The checkpoint was trained with global batch {state['global_batch_size']}, "
+                f"now {batch_size}."
+            )
         completed_steps = int(state["completed_steps"])
         history, eval_history = state.get("history", []), state.get("eval_history", [])
         logger.info(f"Resumed from {resume_path} at update {completed_steps}.")
@@ -1073,21 +1283,38 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---------------------------------------------------------------- train
     logger.info("***** Running training *****")
-    logger.info(f"  Train / eval images = {len(train_dataset)} / {len(eval_dataset)}; classes = {len(label_names)}")
+    logger.info(
+        f"  Train / eval images = {len(train_dataset)} / {len(eval_dataset)}; classes = {len(label_names)}"
+    )
     logger.info(f"  Epochs = {num_epochs}; updates = {args.max_train_steps} ({updates_per_epoch} per epoch)")
-    logger.info(f"  Global batch = {batch_size} (per device {args.per_device_train_batch_size} x "
-                f"{accelerator.num_processes} process(es) x {args.gradient_accumulation_steps} accumulation)")
-    logger.info(f"  Peak lr = {lrs['lr']:.3g} (lr_base {args.lr_base:g} x {lrs['factor']:.4g}), min lr "
-                f"{lrs['min_lr']:.3g}, warmup lr {lrs['warmup_lr']:.3g}, {args.lr_scheduler_type} schedule")
-    progress = tqdm(total=args.max_train_steps, initial=completed_steps, disable=not accelerator.is_local_main_process,
-                    desc="train", dynamic_ncols=True)
+    logger.info(
+        f"  Global batch = {batch_size} (per device {args.per_device_train_batch_size} x "
+        f"{accelerator.num_processes} process(es) x {args.gradient_accumulation_steps} accumulation)"
+    )
+    logger.info(
+        f"  Peak lr = {lrs['lr']:.3g} (lr_base {args.lr_base:g} x {lrs['factor']:.4g}), min lr "
+        f"{lrs['min_lr']:.3g}, warmup lr {lrs['warmup_lr']:.3g}, {args.lr_scheduler_type} schedule"
+    )
+    progress = tqdm(
+        total=args.max_train_steps,
+        initial=completed_steps,
+        disable=not accelerator.is_local_main_process,
+        desc="train",
+        dynamic_ncols=True,
+    )
     train_start = time.time()
     window_loss, window_images, window_start = 0.0, 0, time.time()
     update_losses = []
 
     def state_dict_for_checkpoint(epoch_done: int) -> dict:
-        return dict(completed_steps=completed_steps, epoch=epoch_done, global_batch_size=batch_size,
-                    world_size=accelerator.num_processes, history=history, eval_history=eval_history)
+        return dict(
+            completed_steps=completed_steps,
+            epoch=epoch_done,
+            global_batch_size=batch_size,
+            world_size=accelerator.num_processes,
+            history=history,
+            eval_history=eval_history,
+        )
 
     def run_eval(epoch: int) -> tuple[dict, dict, torch.Tensor]:
         """Evaluate the model (and its EMA); returns the record, the metrics of the weights to export, and
@@ -1095,11 +1322,14 @@ def main(argv: list[str] | None = None) -> dict:
         metrics, predictions = evaluate(model, eval_dataloader, accelerator, channels_last=args.channels_last)
         record = {"epoch": epoch, "step": completed_steps, **{f"eval_{k}": v for k, v in metrics.items()}}
         if model_ema is not None:
-            metrics, predictions = evaluate(model_ema.module, eval_dataloader, accelerator,
-                                            channels_last=args.channels_last)
+            metrics, predictions = evaluate(
+                model_ema.module, eval_dataloader, accelerator, channels_last=args.channels_last
+            )
             record.update({f"eval_ema_{k}": v for k, v in metrics.items()})
         eval_history.append(record)
-        logger.info(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith("eval_")))
+        logger.info(
+            f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith("eval_"))
+        )
         if args.with_tracking:
             accelerator.log({k: v for k, v in record.items() if k.startswith("eval_")}, step=completed_steps)
         return record, metrics, predictions
@@ -1116,9 +1346,11 @@ def main(argv: list[str] | None = None) -> dict:
         active_dataloader.set_epoch(epoch)
         batch_index = skip_batches if epoch == starting_epoch else 0
         for batch in active_dataloader:
-            # Randomness of this step (drop-path, mixup) is seeded from (seed, epoch, batch, rank): a resumed run
-            # replays exactly what the uninterrupted run did, whatever the loader pre-fetched.
-            seed_everything_from(sample_seed(args.seed, 1_000_003, epoch, batch_index, accelerator.process_index))
+            # Randomness of this step (drop-path, mixup) is seeded from (seed, epoch, batch, rank): a resumed
+            # run replays exactly what the uninterrupted run did, whatever the loader pre-fetched.
+            seed_everything_from(
+                sample_seed(args.seed, 1_000_003, epoch, batch_index, accelerator.process_index)
+            )
             batch_index += 1
             scheduler.step_update(completed_steps)
             with accelerator.accumulate(model):
@@ -1157,25 +1389,46 @@ def main(argv: list[str] | None = None) -> dict:
             if completed_steps % args.logging_steps == 0 or completed_steps == args.max_train_steps:
                 elapsed = time.time() - window_start
                 n = completed_steps % args.logging_steps or args.logging_steps
-                record = {"train_loss": window_loss / n, "lr": lr, "epoch": epoch,
-                          "images_per_s": window_images / max(elapsed, 1e-9)}
-                logger.info(f"step {completed_steps}/{args.max_train_steps}: loss {record['train_loss']:.4f} "
-                            f"lr {lr:.3e} {record['images_per_s']:.0f} img/s")
+                record = {
+                    "train_loss": window_loss / n,
+                    "lr": lr,
+                    "epoch": epoch,
+                    "images_per_s": window_images / max(elapsed, 1e-9),
+                }
+                logger.info(
+                    f"step {completed_steps}/{args.max_train_steps}: loss {record['train_loss']:.4f} "
+                    f"lr {lr:.3e} {record['images_per_s']:.0f} img/s"
+                )
                 if args.with_tracking:
                     accelerator.log(record, step=completed_steps)
                 window_loss, window_images, window_start = 0.0, 0, time.time()
             if isinstance(args.checkpointing_steps, int) and completed_steps % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, f"step_{completed_steps}",
-                                state_dict_for_checkpoint(epoch), args.checkpoints_total_limit)
+                save_checkpoint(
+                    accelerator,
+                    args.output_dir,
+                    f"step_{completed_steps}",
+                    state_dict_for_checkpoint(epoch),
+                    args.checkpoints_total_limit,
+                )
             if completed_steps >= args.max_train_steps:
                 break
         epoch_finished = completed_steps % updates_per_epoch == 0 or completed_steps >= args.max_train_steps
         last_epoch = completed_steps >= args.max_train_steps
-        if epoch_finished and not last_epoch and args.eval_every_epochs and (epoch + 1) % args.eval_every_epochs == 0:
+        if (
+            epoch_finished
+            and not last_epoch
+            and args.eval_every_epochs
+            and (epoch + 1) % args.eval_every_epochs == 0
+        ):
             run_eval(epoch)
         if args.checkpointing_steps == "epoch" and epoch_finished:
-            save_checkpoint(accelerator, args.output_dir, f"epoch_{epoch}", state_dict_for_checkpoint(epoch + 1),
-                            args.checkpoints_total_limit)
+            save_checkpoint(
+                accelerator,
+                args.output_dir,
+                f"epoch_{epoch}",
+                state_dict_for_checkpoint(epoch + 1),
+                args.checkpoints_total_limit,
+            )
     progress.close()
     train_time = time.time() - train_start
 
@@ -1186,13 +1439,22 @@ def main(argv: list[str] | None = None) -> dict:
         export_model, weights_note = model_ema.module, f"EMA of the weights (decay {args.model_ema_decay})"
 
     results = {
-        "eval_top1": metrics["top1"], "eval_top5": metrics["top5"], "eval_loss": metrics["loss"],
-        "eval_samples": metrics["num_samples"], "train_samples": len(train_dataset),
-        "completed_steps": completed_steps, "epochs": num_epochs, "global_batch_size": batch_size,
-        "peak_lr": lrs["lr"], "world_size": accelerator.num_processes,
-        "distributed_type": str(accelerator.distributed_type), "num_threads": num_threads,
-        "mixed_precision": accelerator.mixed_precision, "train_time_s": train_time,
-        "skipped_corrupt_images": skipped, "resumed_from": str(resume_path) if resume_path else None,
+        "eval_top1": metrics["top1"],
+        "eval_top5": metrics["top5"],
+        "eval_loss": metrics["loss"],
+        "eval_samples": metrics["num_samples"],
+        "train_samples": len(train_dataset),
+        "completed_steps": completed_steps,
+        "epochs": num_epochs,
+        "global_batch_size": batch_size,
+        "peak_lr": lrs["lr"],
+        "world_size": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "num_threads": num_threads,
+        "mixed_precision": accelerator.mixed_precision,
+        "train_time_s": train_time,
+        "skipped_corrupt_images": skipped,
+        "resumed_from": str(resume_path) if resume_path else None,
         "final_record": final,
     }
     process_ranks = accelerator.gather(torch.tensor([accelerator.process_index], device=accelerator.device))
@@ -1214,57 +1476,130 @@ def main(argv: list[str] | None = None) -> dict:
             outputs = pipe(images, top_k=1, batch_size=args.per_device_eval_batch_size)
             predicted = [label2id[o[0]["label"]] for o in outputs]
             truth = list(subset[label_column])
-            pipeline_top1 = 100.0 * sum(p == t for p, t in zip(predicted, truth)) / n_pipe
-            pipeline_agreement = 100.0 * sum(
-                p == int(q) for p, q in zip(predicted, top1_predictions[:n_pipe].tolist())
-            ) / n_pipe
-            logger.info(f"pipeline('image-classification') on {n_pipe} raw validation images: top-1 "
-                        f"{pipeline_top1:.2f}%, agrees with the eval loop on {pipeline_agreement:.2f}%")
-        results.update(pipeline_top1=pipeline_top1, pipeline_agreement=pipeline_agreement, pipeline_samples=n_pipe)
+            pipeline_top1 = 100.0 * sum(p == t for p, t in zip(predicted, truth, strict=True)) / n_pipe
+            pipeline_agreement = (
+                100.0
+                * sum(p == int(q) for p, q in zip(predicted, top1_predictions[:n_pipe].tolist(), strict=True))
+                / n_pipe
+            )
+            logger.info(
+                f"pipeline('image-classification') on {n_pipe} raw validation images: top-1 "
+                f"{pipeline_top1:.2f}%, agrees with the eval loop on {pipeline_agreement:.2f}%"
+            )
+        results.update(
+            pipeline_top1=pipeline_top1, pipeline_agreement=pipeline_agreement, pipeline_samples=n_pipe
+        )
         results["wall_time_s"] = time.time() - _PROCESS_START
 
         cfg = export_model.config
-        aug = "none (the eval preprocessing)" if train_transform is None else "; ".join(
-            str(t) for t in getattr(train_transform, "transforms", [train_transform]))
+        aug = (
+            "none (the eval preprocessing)"
+            if train_transform is None
+            else "; ".join(str(t) for t in getattr(train_transform, "transforms", [train_transform]))
+        )
         if mixup is not None:
             aug += f"; mixup {args.mixup} / cutmix {args.cutmix} (switch prob {args.mixup_switch_prob})"
-        recipe_keys = ["recipe", "image_size", "crop_pct", "interpolation", "num_train_epochs", "max_train_steps",
-                       "per_device_train_batch_size", "gradient_accumulation_steps", "lr_base", "lr_base_size",
-                       "lr_base_scale", "min_lr_base", "warmup_lr_base", "warmup_epochs", "lr_scheduler_type",
-                       "weight_decay", "opt_eps", "opt_betas", "layer_decay", "clip_grad", "smoothing", "mixup",
-                       "cutmix", "auto_augment", "color_jitter", "reprob", "model_ema", "seed"]
+        recipe_keys = [
+            "recipe",
+            "image_size",
+            "crop_pct",
+            "interpolation",
+            "num_train_epochs",
+            "max_train_steps",
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "lr_base",
+            "lr_base_size",
+            "lr_base_scale",
+            "min_lr_base",
+            "warmup_lr_base",
+            "warmup_epochs",
+            "lr_scheduler_type",
+            "weight_decay",
+            "opt_eps",
+            "opt_betas",
+            "layer_decay",
+            "clip_grad",
+            "smoothing",
+            "mixup",
+            "cutmix",
+            "auto_augment",
+            "color_jitter",
+            "reprob",
+            "model_ema",
+            "seed",
+        ]
         recipe = {k: getattr(args, k) for k in recipe_keys}
-        recipe.update(global_batch_size=batch_size, peak_lr=round(lrs["lr"], 8), optimizer="AdamW",
-                      mixed_precision=accelerator.mixed_precision, processes=accelerator.num_processes)
+        recipe.update(
+            global_batch_size=batch_size,
+            peak_lr=round(lrs["lr"], 8),
+            optimizer="AdamW",
+            mixed_precision=accelerator.mixed_precision,
+            processes=accelerator.num_processes,
+        )
         info = dict(
-            model_name=out.absolute().name, repo_or_path=repo_id or str(out), top1=metrics["top1"],
-            top5=metrics["top5"], eval_loss=metrics["loss"], num_eval_samples=metrics["num_samples"],
-            num_train_samples=len(train_dataset), pipeline_top1=pipeline_top1, pipeline_agreement=pipeline_agreement,
-            pipeline_samples=n_pipe, weights=weights_note, dataset_name=source["name"],
-            dataset_builtin=source["builtin"], dataset_description=source["description"],
-            num_labels=len(label_names), label_names=label_names,
-            preprocessing=(f"resize shortest edge to int({args.image_size} / crop_pct {args.crop_pct}) "
-                           f"({args.interpolation}), center crop {args.image_size}, rescale 1/255, normalise mean "
-                           f"{list(args.image_mean)} std {list(args.image_std)}"),
-            augmentation=aug, preset=preset_name,
+            model_name=out.absolute().name,
+            repo_or_path=repo_id or str(out),
+            top1=metrics["top1"],
+            top5=metrics["top5"],
+            eval_loss=metrics["loss"],
+            num_eval_samples=metrics["num_samples"],
+            num_train_samples=len(train_dataset),
+            pipeline_top1=pipeline_top1,
+            pipeline_agreement=pipeline_agreement,
+            pipeline_samples=n_pipe,
+            weights=weights_note,
+            dataset_name=source["name"],
+            dataset_builtin=source["builtin"],
+            dataset_description=source["description"],
+            num_labels=len(label_names),
+            label_names=label_names,
+            preprocessing=(
+                f"resize shortest edge to int({args.image_size} / crop_pct {args.crop_pct}) "
+                f"({args.interpolation}), center crop {args.image_size}, rescale 1/255, normalise mean "
+                f"{list(args.image_mean)} std {list(args.image_std)}"
+            ),
+            augmentation=aug,
+            preset=preset_name,
             arch_note=f" with overrides {arch_overrides}" if arch_overrides else "",
-            hidden_sizes=cfg.hidden_sizes, depths=cfg.depths, num_attention_heads=cfg.num_attention_heads,
-            num_clusters=cfg.num_clusters, drop_path_rate=cfg.drop_path_rate, num_parameters=num_parameters,
-            command=command, recipe=recipe, hardware=hardware_description(accelerator, num_threads),
-            wall_time_s=results["wall_time_s"], train_time_s=train_time, completed_steps=completed_steps,
+            hidden_sizes=cfg.hidden_sizes,
+            depths=cfg.depths,
+            num_attention_heads=cfg.num_attention_heads,
+            num_clusters=cfg.num_clusters,
+            drop_path_rate=cfg.drop_path_rate,
+            num_parameters=num_parameters,
+            command=command,
+            recipe=recipe,
+            hardware=hardware_description(accelerator, num_threads),
+            wall_time_s=results["wall_time_s"],
+            train_time_s=train_time,
+            completed_steps=completed_steps,
         )
         write_model_card(out / "README.md", info)
         (out / "all_results.json").write_text(json.dumps(results, indent=2, default=_json_default))
-        (out / "train_log.json").write_text(json.dumps(
-            dict(world_size=accelerator.num_processes, global_batch_size=batch_size, history=history,
-                 eval_history=eval_history), indent=1, default=_json_default))
-        logger.info(f"Held-out top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}% on "
-                    f"{metrics['num_samples']} images; wall time {results['wall_time_s']:.1f} s; saved to {out}")
+        (out / "train_log.json").write_text(
+            json.dumps(
+                dict(
+                    world_size=accelerator.num_processes,
+                    global_batch_size=batch_size,
+                    history=history,
+                    eval_history=eval_history,
+                ),
+                indent=1,
+                default=_json_default,
+            )
+        )
+        logger.info(
+            f"Held-out top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}% on "
+            f"{metrics['num_samples']} images; wall time {results['wall_time_s']:.1f} s; saved to {out}"
+        )
         if args.push_to_hub:
             from huggingface_hub import HfApi
 
             HfApi(token=args.hub_token).upload_folder(
-                repo_id=repo_id, folder_path=str(out), commit_message="run_classification.py",
+                repo_id=repo_id,
+                folder_path=str(out),
+                commit_message="run_classification.py",
                 ignore_patterns=["step_*", "epoch_*", ".tmp_*", "runs/*", "*/random_states_*"],
             )
     accelerator.wait_for_everyone()

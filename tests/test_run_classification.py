@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,31 +28,66 @@ SCRIPT = REPO / "examples" / "run_classification.py"
 
 # A tiny PaCa-ViT at 16x16: every run below trains in a few seconds on 2 CPU cores.
 TINY = [
-    "--hidden_sizes", "16", "32", "48", "64",
-    "--num_attention_heads", "1", "1", "2", "2",
-    "--depths", "1", "1", "1", "1",
-    "--num_clusters", "8", "8", "8", "0",
-    "--image_size", "16",
-    "--per_device_eval_batch_size", "64",
-    "--max_eval_samples", "64",
-    "--pipeline_eval_samples", "0",
-    "--eval_every_epochs", "0",
-    "--logging_steps", "5",
+    "--hidden_sizes",
+    "16",
+    "32",
+    "48",
+    "64",
+    "--num_attention_heads",
+    "1",
+    "1",
+    "2",
+    "2",
+    "--depths",
+    "1",
+    "1",
+    "1",
+    "1",
+    "--num_clusters",
+    "8",
+    "8",
+    "8",
+    "0",
+    "--image_size",
+    "16",
+    "--per_device_eval_batch_size",
+    "64",
+    "--max_eval_samples",
+    "64",
+    "--pipeline_eval_samples",
+    "0",
+    "--eval_every_epochs",
+    "0",
+    "--logging_steps",
+    "5",
 ]
 
 
 def subprocess_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_", "RANK", "WORLD_SIZE"))}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ACCELERATE_", "LOCAL_", "RANK", "WORLD_SIZE"))
+    }
+    env.update(
+        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1"
+    )
     env.update(extra)
     return env
 
 
-def run_script(args: list[str], launcher: list[str] | None = None, timeout: int = 300, **env) -> subprocess.CompletedProcess:
+def run_script(
+    args: list[str], launcher: list[str] | None = None, timeout: int = 300, **env
+) -> subprocess.CompletedProcess:
     command = (launcher or [sys.executable]) + [str(SCRIPT)] + args
-    result = subprocess.run(command, cwd=REPO, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        command, cwd=REPO, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout
+    )
     if result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(command)} failed ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
     return result
 
 
@@ -62,6 +98,17 @@ def rc():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture()
+def fresh_accelerate_state():
+    """In-process runs of the script create an Accelerator; reset accelerate's singletons afterwards so that
+    later tests in this process can build one with other settings."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
 
 
 def load_safetensors(path: Path) -> dict:
@@ -133,7 +180,7 @@ def test_corrupt_image_is_named_or_skipped(imagefolder_with_corrupt_image, rc):
 
     from pacavit.data import CorruptImageError, ImageClassificationDataset, find_corrupt_images
 
-    root, bad = imagefolder_with_corrupt_image
+    root, _ = imagefolder_with_corrupt_image
     train = datasets.load_dataset("imagefolder", data_files={"train": str(root / "train" / "**")})["train"]
     found = find_corrupt_images(train, "image", "train")
     assert len(found) == 1
@@ -152,10 +199,21 @@ def test_corrupt_image_is_named_or_skipped(imagefolder_with_corrupt_image, rc):
 
 
 @pytest.mark.slow
-def test_script_fails_naming_corrupt_file_or_skips_it(imagefolder_with_corrupt_image, rc, tmp_path):
+def test_script_fails_naming_corrupt_file_or_skips_it(
+    imagefolder_with_corrupt_image, rc, tmp_path, fresh_accelerate_state
+):
     root, _ = imagefolder_with_corrupt_image
-    common = ["--train_dir", str(root / "train"), "--validation_dir", str(root / "validation"), *TINY,
-              "--per_device_train_batch_size", "4", "--max_train_steps", "2"]
+    common = [
+        "--train_dir",
+        str(root / "train"),
+        "--validation_dir",
+        str(root / "validation"),
+        *TINY,
+        "--per_device_train_batch_size",
+        "4",
+        "--max_train_steps",
+        "2",
+    ]
     with pytest.raises(ValueError, match="broken.png"):
         rc.main([*common, "--verify_images", "--output_dir", str(tmp_path / "fail")])
     results = rc.main([*common, "--skip_corrupt_images", "--output_dir", str(tmp_path / "skip")])
@@ -203,8 +261,13 @@ def tiny_model(num_labels=10):
     from pacavit import PaCaViTConfig, PaCaViTForImageClassification
 
     config = PaCaViTConfig.from_preset(
-        "pacavit-tiny", hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 1, 2, 2], depths=[1, 2, 1, 1],
-        num_clusters=[8, 8, 8, 0], num_labels=num_labels, layer_scale_init_value=1e-5,
+        "pacavit-tiny",
+        hidden_sizes=[16, 32, 48, 64],
+        num_attention_heads=[1, 1, 2, 2],
+        depths=[1, 2, 1, 1],
+        num_clusters=[8, 8, 8, 0],
+        num_labels=num_labels,
+        layer_scale_init_value=1e-5,
     )
     return PaCaViTForImageClassification(config)
 
@@ -237,7 +300,9 @@ def test_layer_wise_lr_decay_groups_and_scheduler_applies_scales(rc):
     num_blocks = 5  # depths 1 + 2 + 1 + 1
     num_groups = 1 + num_blocks + 1  # stem, blocks, head
     assert scale_of[id(names["classifier.weight"])] == 1.0
-    assert scale_of[id(names["pacavit.embeddings.projection.0.weight"])] == pytest.approx(0.5 ** (num_groups - 1))
+    assert scale_of[id(names["pacavit.embeddings.projection.0.weight"])] == pytest.approx(
+        0.5 ** (num_groups - 1)
+    )
     first = scale_of[id(names["pacavit.stages.0.layers.0.attention.query.weight"])]
     second = scale_of[id(names["pacavit.stages.1.layers.0.attention.query.weight"])]
     last = scale_of[id(names["pacavit.stages.3.layers.0.attention.query.weight"])]
@@ -249,7 +314,9 @@ def test_layer_wise_lr_decay_groups_and_scheduler_applies_scales(rc):
     scheduler = rc.build_scheduler(optimizer, args, lrs, updates_per_epoch=10, total_updates=100)
     scheduler.step_update(50)
     for group in optimizer.param_groups:
-        assert group["lr"] == pytest.approx(group["lr_scale"] * optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_scale"])
+        assert group["lr"] == pytest.approx(
+            group["lr_scale"] * optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_scale"]
+        )
 
 
 def test_cosine_schedule_with_warmup_in_updates(rc):
@@ -266,7 +333,10 @@ def test_cosine_schedule_with_warmup_in_updates(rc):
 
     assert lr_at(0) == pytest.approx(1e-6)  # the scaled warmup lr
     assert lr_at(25) == pytest.approx(1e-6 + 25 * (1e-3 - 1e-6) / 50)  # linear warmup over 5 epochs
-    assert lr_at(50) == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 50 / total)) + 1e-5 * 0.5 * (1 - np.cos(np.pi * 50 / total)), rel=1e-6)
+    assert lr_at(50) == pytest.approx(
+        1e-3 * 0.5 * (1 + np.cos(np.pi * 50 / total)) + 1e-5 * 0.5 * (1 - np.cos(np.pi * 50 / total)),
+        rel=1e-6,
+    )
     assert lr_at(total // 2) == pytest.approx((1e-3 + 1e-5) / 2, rel=1e-6)
     assert lr_at(total - 1) == pytest.approx(1e-5, rel=1e-2)
     values = [lr_at(u) for u in range(50, total, 97)]
@@ -280,7 +350,12 @@ def test_paper_recipe_augmentation_mixup_and_losses(rc):
     paper = rc.parse_args(["--recipe", "paper_in1k"])
     mixup = rc.build_mixup(paper, 1000)
     assert isinstance(mixup, Mixup)
-    assert (mixup.mixup_alpha, mixup.cutmix_alpha, mixup.switch_prob, mixup.label_smoothing) == (0.8, 1.0, 0.5, 0.1)
+    assert (mixup.mixup_alpha, mixup.cutmix_alpha, mixup.switch_prob, mixup.label_smoothing) == (
+        0.8,
+        1.0,
+        0.5,
+        0.1,
+    )
     assert isinstance(rc.build_criterion(paper, mixup), SoftTargetCrossEntropy)
     transform = repr(rc.build_train_transform(paper))
     assert "RandomResizedCropAndInterpolation" in transform and "bicubic" in transform
@@ -303,15 +378,36 @@ def test_paper_recipe_augmentation_mixup_and_losses(rc):
 
 
 @pytest.mark.slow
-def test_paper_recipe_runs_with_accumulation_layer_decay_checkpointing_and_tensorboard(rc, tmp_path):
+def test_paper_recipe_runs_with_accumulation_layer_decay_checkpointing_and_tensorboard(
+    rc, tmp_path, fresh_accelerate_state
+):
     """The full paper recipe path (RandAugment, random erasing, mixup/cutmix + soft-target CE, channels_last)
     plus accumulation, layer decay, EMA, activation checkpointing and TensorBoard, for 2 updates."""
     out = tmp_path / "paper"
-    results = rc.main([
-        "--recipe", "paper_in1k", *TINY, "--max_train_samples", "64", "--per_device_train_batch_size", "8",
-        "--gradient_accumulation_steps", "2", "--max_train_steps", "2", "--layer_decay", "0.75", "--model_ema",
-        "--activation_checkpointing", "--with_tracking", "--report_to", "tensorboard", "--output_dir", str(out),
-    ])
+    results = rc.main(
+        [
+            "--recipe",
+            "paper_in1k",
+            *TINY,
+            "--max_train_samples",
+            "64",
+            "--per_device_train_batch_size",
+            "8",
+            "--gradient_accumulation_steps",
+            "2",
+            "--max_train_steps",
+            "2",
+            "--layer_decay",
+            "0.75",
+            "--model_ema",
+            "--activation_checkpointing",
+            "--with_tracking",
+            "--report_to",
+            "tensorboard",
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert results["completed_steps"] == 2 and results["global_batch_size"] == 16
     assert results["peak_lr"] == pytest.approx(5e-4 * 16 / 512)
     assert list(out.rglob("events.out.tfevents*")), "no TensorBoard event file"
@@ -353,7 +449,13 @@ def default_run(tmp_path_factory):
 @pytest.mark.slow
 def test_default_run_writes_hub_ready_folder(default_run):
     out = default_run
-    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "all_results.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "README.md",
+        "all_results.json",
+    ):
         assert (out / name).is_file(), name
     results = json.loads((out / "all_results.json").read_text())
     assert results["completed_steps"] == 4 and results["world_size"] == 1
@@ -371,9 +473,9 @@ def test_default_run_writes_hub_ready_folder(default_run):
 
 @pytest.mark.slow
 def test_default_run_folder_loads_with_auto_class_and_pipeline(default_run):
-    import pacavit  # noqa: F401
     from transformers import AutoModelForImageClassification, pipeline
 
+    import pacavit  # noqa: F401
     from pacavit.data import load_digits_dataset
 
     model = AutoModelForImageClassification.from_pretrained(default_run)
@@ -399,13 +501,33 @@ def test_eval_only_reproduces_the_saved_accuracy(default_run, tmp_path):
 
 RESUME_ARGS = [
     *TINY,
-    "--max_train_samples", "256", "--per_device_train_batch_size", "16",  # 16 updates per epoch
-    "--max_train_steps", "60", "--checkpointing_steps", "10", "--checkpoints_total_limit", "2",
-    # randomness in the step (drop-path, mixup/cutmix), plus EMA and clipping; the default (un-augmented) input
-    # path, where nothing but the script's per-step seeding makes the resumed run replay the same random numbers
-    "--train_augmentation", "none", "--drop_path_rate", "0.2",
-    "--mixup", "0.5", "--cutmix", "0.5", "--model_ema", "--model_ema_decay", "0.9", "--clip_grad", "1.0",
-    "--num_threads", "1",
+    "--max_train_samples",
+    "256",
+    "--per_device_train_batch_size",
+    "16",  # 16 updates per epoch
+    "--max_train_steps",
+    "60",
+    "--checkpointing_steps",
+    "10",
+    "--checkpoints_total_limit",
+    "2",
+    # randomness in the step (drop-path, mixup/cutmix), plus EMA and clipping; the un-augmented input path,
+    # where nothing but the script's per-step seeding makes the resumed run replay the same random numbers
+    "--train_augmentation",
+    "none",
+    "--drop_path_rate",
+    "0.2",
+    "--mixup",
+    "0.5",
+    "--cutmix",
+    "0.5",
+    "--model_ema",
+    "--model_ema_decay",
+    "0.9",
+    "--clip_grad",
+    "1.0",
+    "--num_threads",
+    "1",
 ]
 
 
@@ -415,19 +537,32 @@ def test_sigkill_after_checkpoint_then_resume_latest_is_bitwise_equal(tmp_path):
     run_script([*RESUME_ARGS, "--output_dir", str(reference)])
 
     command = [sys.executable, str(SCRIPT), *RESUME_ARGS, "--output_dir", str(interrupted)]
-    process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    # checkpoints appear atomically (renamed into place); older ones are pruned, so wait for any of them
-    while not list(interrupted.glob("step_*/training_state.json")):
-        assert process.poll() is None, f"the run ended before its first checkpoint:\n{process.stderr.read()[-4000:]}"
-        assert time.time() < deadline, "no checkpoint within the time limit"
-        time.sleep(0.01)
-    still_running = process.poll() is None
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    stderr = process.stderr.read()
-    process.stderr.close()
+    for attempt in range(
+        2
+    ):  # a second try only if the machine was so slow that the run finished before the kill
+        shutil.rmtree(interrupted, ignore_errors=True)
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=subprocess_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.time() + 240
+        # checkpoints appear atomically (renamed into place); older ones are pruned, so wait for any of them
+        while not list(interrupted.glob("step_*/training_state.json")) and process.poll() is None:
+            assert time.time() < deadline, "no checkpoint within the time limit"
+            time.sleep(0.005)
+        still_running = process.poll() is None
+        if still_running:
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        stderr = process.stderr.read()
+        process.stderr.close()
+        if still_running:
+            break
+        assert process.returncode == 0, f"the run failed before its first checkpoint:\n{stderr[-4000:]}"
     assert still_running and process.returncode == -signal.SIGKILL, stderr[-4000:]
     assert not (interrupted / "model.safetensors").exists()
     killed_at = sorted(int(p.name.split("_")[1]) for p in interrupted.glob("step_*"))
@@ -439,10 +574,13 @@ def test_sigkill_after_checkpoint_then_resume_latest_is_bitwise_equal(tmp_path):
     assert resumed["completed_steps"] == 60
 
     # exported (EMA) weights, raw weights of the last checkpoint, and every logged loss are identical
-    assert_state_dicts_bitwise_equal(load_safetensors(reference / "model.safetensors"),
-                                     load_safetensors(interrupted / "model.safetensors"))
-    assert_state_dicts_bitwise_equal(load_safetensors(reference / "step_60" / "model.safetensors"),
-                                     load_safetensors(interrupted / "step_60" / "model.safetensors"))
+    assert_state_dicts_bitwise_equal(
+        load_safetensors(reference / "model.safetensors"), load_safetensors(interrupted / "model.safetensors")
+    )
+    assert_state_dicts_bitwise_equal(
+        load_safetensors(reference / "step_60" / "model.safetensors"),
+        load_safetensors(interrupted / "step_60" / "model.safetensors"),
+    )
     losses = [json.loads((d / "train_log.json").read_text())["history"] for d in (reference, interrupted)]
     assert [h["loss"] for h in losses[0]] == [h["loss"] for h in losses[1]]
     assert len(losses[0]) == 60
@@ -452,12 +590,38 @@ def test_sigkill_after_checkpoint_then_resume_latest_is_bitwise_equal(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process_with_same_global_batch(tmp_path):
-    common = [*TINY, "--max_train_samples", "256", "--max_train_steps", "6", "--drop_path_rate", "0",
-              "--train_augmentation", "timm", "--scale", "0.5", "1"]
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]
-    run_script([*common, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "ddp")],
-               launcher=launch, ACCELERATE_USE_CPU="true")
+    common = [
+        *TINY,
+        "--max_train_samples",
+        "256",
+        "--max_train_steps",
+        "6",
+        "--drop_path_rate",
+        "0",
+        "--train_augmentation",
+        "timm",
+        "--scale",
+        "0.5",
+        "1",
+    ]
+    launch = [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    run_script(
+        [*common, "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "ddp")],
+        launcher=launch,
+        ACCELERATE_USE_CPU="true",
+    )
     run_script([*common, "--per_device_train_batch_size", "16", "--output_dir", str(tmp_path / "single")])
 
     ddp = json.loads((tmp_path / "ddp" / "all_results.json").read_text())
@@ -466,7 +630,9 @@ def test_two_process_ddp_matches_one_process_with_same_global_batch(tmp_path):
     assert ddp["distributed_type"] == "DistributedType.MULTI_CPU"
     assert single["world_size"] == 1 and ddp["global_batch_size"] == single["global_batch_size"] == 16
     ddp_losses = [h["loss"] for h in json.loads((tmp_path / "ddp" / "train_log.json").read_text())["history"]]
-    single_losses = [h["loss"] for h in json.loads((tmp_path / "single" / "train_log.json").read_text())["history"]]
+    single_losses = [
+        h["loss"] for h in json.loads((tmp_path / "single" / "train_log.json").read_text())["history"]
+    ]
     assert len(ddp_losses) == len(single_losses) == 6
     np.testing.assert_allclose(ddp_losses, single_losses, rtol=0, atol=1e-5)
     assert ddp_losses[0] != ddp_losses[-1]  # it trained

@@ -1,14 +1,15 @@
-"""Data helpers for the classification example: the built-in digits dataset, image checks and a dataset wrapper.
+"""Data helpers for the classification example: the built-in digits dataset, image checks, a dataset wrapper.
 
 Nothing here is needed to *use* a PaCa-ViT model; it serves `examples/run_classification.py` and its tests.
 
 * `load_digits_dataset()` turns scikit-learn's copy of the UCI handwritten digits (1,797 real 8x8 grayscale
-  images, 10 classes, installed with scikit-learn, no download) into a 🤗 `datasets.Dataset` with a PIL `Image`
-  column and a `ClassLabel` column.
-* `find_corrupt_images()` / `decode_image()` read images and name the file and index of any that cannot be read.
-* `ImageClassificationDataset` wraps a 🤗 dataset for a `DataLoader`. Random augmentation of a sample is seeded
-  from `(seed, epoch, index)`, so it does not depend on the order in which samples are loaded, on the number of
-  processes or workers, or on where a run was resumed.
+  images, 10 classes, installed with scikit-learn, no download) into a 🤗 `datasets.Dataset` with a PIL
+  `Image` column and a `ClassLabel` column.
+* `find_corrupt_images()` / `decode_image()` read images and name the file and index of any that cannot be
+  read.
+* `ImageClassificationDataset` wraps a 🤗 dataset for a `DataLoader`. Random augmentation of a sample is
+  seeded from `(seed, epoch, index)`, so it does not depend on the order in which samples are loaded, on the
+  number of processes or workers, or on where a run was resumed.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 import io
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +47,9 @@ def digits_to_pil(pixels: np.ndarray, max_value: int = DIGITS_MAX_VALUE) -> PILI
     if pixels.ndim != 2:
         raise ValueError(f"Expected a 2-D image array, got shape {pixels.shape}.")
     if pixels.min() < 0 or pixels.max() > max_value:
-        raise ValueError(f"Digit pixel values must lie in 0..{max_value}, got {pixels.min()}..{pixels.max()}.")
+        raise ValueError(
+            f"Digit pixel values must lie in 0..{max_value}, got {pixels.min()}..{pixels.max()}."
+        )
     scaled = np.rint(pixels * (255.0 / max_value)).astype(np.uint8)
     return PILImage.fromarray(scaled, mode="L").convert("RGB")
 
@@ -74,14 +78,16 @@ def load_digits_dataset():
 
 
 def split_train_validation(dataset, validation_fraction: float, seed: int, label_column: str = "label"):
-    """Split one `Dataset` into a `DatasetDict(train=..., validation=...)`, stratified by label when possible."""
+    """Split a `Dataset` into `DatasetDict(train=..., validation=...)`, stratified by label when possible."""
     import datasets
 
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"The validation fraction must be in (0, 1), got {validation_fraction}.")
     stratify = label_column if isinstance(dataset.features.get(label_column), datasets.ClassLabel) else None
     try:
-        split = dataset.train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column=stratify)
+        split = dataset.train_test_split(
+            test_size=validation_fraction, seed=seed, stratify_by_column=stratify
+        )
     except ValueError:  # e.g. a class with a single example cannot be stratified
         split = dataset.train_test_split(test_size=validation_fraction, seed=seed)
     return datasets.DatasetDict(train=split["train"], validation=split["test"])
@@ -136,7 +142,9 @@ def decode_image(value: Any, index: int | None = None, split: str | None = None)
         ) from error
 
 
-def find_corrupt_images(dataset, image_column: str = "image", split: str | None = None) -> list[tuple[int, str]]:
+def find_corrupt_images(
+    dataset, image_column: str = "image", split: str | None = None
+) -> list[tuple[int, str]]:
     """Try to decode every image of a 🤗 dataset; return `(index, message)` for each one that fails."""
     import datasets
 

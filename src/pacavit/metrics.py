@@ -6,13 +6,13 @@
   evaluation loops (feed it the output of `accelerator.gather_for_metrics`).
 * `confusion_matrix` and `per_class_accuracy` for reports.
 
-Ties are broken like `torch.topk` (so for k=1 exactly like `argmax`), and a k larger than the number of classes
-counts as "all classes" (timm's `accuracy` does the same), so top-5 on a 3-class problem is 100%.
+Ties are broken like `torch.topk` (so for k=1 exactly like `argmax`), and a k larger than the number of
+classes counts as "all classes" (timm's `accuracy` does the same), so top-5 on a 3-class problem is 100%.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
