@@ -505,41 +505,6 @@ def scale_learning_rates(
 NO_WEIGHT_DECAY = ("*position_embeddings*",)
 
 
-def pacavit_group_matcher(coarse: bool = False) -> dict:
-    """timm-style parameter grouping for layer-wise lr decay of `PaCaViTForImageClassification`.
-
-    Group 0 is the stem (and the clustering teacher); then one group per block (a stage's downsampling goes
-    with its first block, the stage LayerNorm with its last); the classifier (unmatched) is the last group.
-    """
-    prefix = r"^pacavit\."
-    if coarse:
-        return dict(
-            stem=[(prefix + r"(?:embeddings|clustering_teacher)", None)], blocks=prefix + r"stages\.(\d+)"
-        )
-    return dict(
-        stem=[(prefix + r"(?:embeddings|clustering_teacher)", None)],
-        blocks=[
-            (prefix + r"stages\.(\d+)\.downsample", (0,)),
-            (prefix + r"stages\.(\d+)\.layers\.(\d+)", None),
-            (prefix + r"stages\.(\d+)\.layernorm", (99999,)),
-        ],
-    )
-
-
-class _GroupedModel(torch.nn.Module):
-    """Adds `group_matcher` to a model so timm's `param_groups_layer_decay` can group its parameters."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = model
-
-    def named_parameters(self, *args, **kwargs):
-        return self.inner.named_parameters(*args, **kwargs)
-
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return pacavit_group_matcher(coarse)
-
-
 def build_param_groups(
     model: torch.nn.Module,
     weight_decay: float,
@@ -551,8 +516,10 @@ def build_param_groups(
     from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
     if layer_decay is not None:
+        if not hasattr(model, "group_matcher"):
+            raise ValueError(f"--layer_decay needs a model with `group_matcher()`; {type(model).__name__} has none.")
         return param_groups_layer_decay(
-            _GroupedModel(model),
+            model,  # PaCaViTPreTrainedModel.group_matcher: stem, one group per block, head
             weight_decay=weight_decay,
             no_weight_decay_list=no_weight_decay_list,
             layer_decay=layer_decay,

@@ -232,3 +232,23 @@ def test_compiled_model_matches_eager_mode():
         expected = model(pixel_values).logits
         compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
         torch.testing.assert_close(compiled(pixel_values).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_group_matcher_gives_timm_layer_decay_one_group_per_block():
+    from timm.optim import param_groups_layer_decay
+
+    model = build(variant="teacher")  # depths [1, 1, 2, 1]: stem, 5 blocks, head
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.5)
+    scales = sorted({group["lr_scale"] for group in groups})
+    assert scales == pytest.approx([0.5**k for k in range(6, -1, -1)])  # 7 layers: stem, 5 blocks, classifier
+    names = {id(p): name for name, p in model.named_parameters()}
+    by_name = {names[id(p)]: group["lr_scale"] for group in groups for p in group["params"]}
+    assert by_name["classifier.weight"] == pytest.approx(1.0)
+    stem = by_name["pacavit.embeddings.projection.0.weight"]
+    assert stem == by_name["pacavit.clustering_teacher.to_clusters.0.weight"] == pytest.approx(0.5**6)
+    assert by_name["pacavit.stages.1.downsample.projection.weight"] == by_name["pacavit.stages.1.layers.0.mlp.fc1.weight"]
+    assert "pacavit.stages.0.layers.0.position_embeddings" not in by_name  # this variant has none
+    with_positions = build(variant="position-embeddings")
+    absolute = {f"pacavit.stages.{i}.layers.0.position_embeddings" for i in range(4)}
+    clusters = {f"pacavit.stages.{i}.layers.{j}.attention.cluster_position_embeddings" for i, j in [(0, 0), (1, 0), (2, 0), (2, 1)]}
+    assert with_positions.no_weight_decay() == absolute | clusters

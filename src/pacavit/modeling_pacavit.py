@@ -667,6 +667,27 @@ class PaCaViTPreTrainedModel(PreTrainedModel):
                     "or use attn_implementation='sdpa'."
                 ) from error
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm-style parameter groups (for `timm.optim.param_groups_layer_decay`): the stem and the clustering
+        teacher first, then one group per block (per stage if `coarse`); a stage's downsampling goes with its
+        first block and the stage LayerNorm with its last. Unmatched parameters (the classifier) come last."""
+        prefix = "^" if self.base_model is self else rf"^{self.base_model_prefix}\."
+        stem = [(prefix + r"(?:embeddings|clustering_teacher)", None)]
+        if coarse:
+            return dict(stem=stem, blocks=prefix + r"stages\.(\d+)")
+        return dict(
+            stem=stem,
+            blocks=[
+                (prefix + r"stages\.(\d+)\.downsample", (0,)),
+                (prefix + r"stages\.(\d+)\.layers\.(\d+)", None),
+                (prefix + r"stages\.(\d+)\.layernorm", (99999,)),
+            ],
+        )
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters besides 1-D ones (norms, biases, layer scales) that should not be weight-decayed."""
+        return {name for name, _ in self.named_parameters() if "position_embeddings" in name}
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """The original initialisation: trunc-normal(0.02) Linear, He-normal (fan-out) conv, unit norms."""
