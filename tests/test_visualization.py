@@ -241,7 +241,7 @@ def test_returned_attention_matches_recomputation(variant):
                 z = z.flatten(2).transpose(1, 2)  # (B, N, M)
                 if attention.clustering is not None:  # this block computed its assignment: check it too
                     h, w = out.cluster_assignments[i].shape[-2:]
-                    torch.testing.assert_close(attention.clustering(tokens, h, w).softmax(dim=1), z)
+                    torch.testing.assert_close(attention.clustering(tokens, h, w).softmax(dim=-1).transpose(1, 2), z)
                 context = z.transpose(1, 2) @ tokens  # (B, M, C) cluster tokens
                 if attention.cluster_position_embeddings is not None:
                     context = context + attention.cluster_position_embeddings

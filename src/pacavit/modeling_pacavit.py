@@ -213,7 +213,7 @@ class PaCaViTDownsample(nn.Module):
 # Patch-to-cluster attention
 # --------------------------------------------------------------------------------------------
 class PaCaViTClustering(nn.Module):
-    """Predicts cluster logits `(B, N, M)` from the normalised tokens of a block.
+    """Predicts cluster logits `(B, M, N)` from the normalised tokens `(B, N, C)` of a block.
 
     conv   (P2CConv2d): depth-wise kxk conv -> act -> 1x1 -> act -> 1x1 to M (no bias)
     mlp    (P2CMlp):    Linear(C, C * mlp_ratio) -> act -> Linear(., M)
@@ -238,22 +238,15 @@ class PaCaViTClustering(nn.Module):
         else:  # linear
             self.to_clusters = nn.Linear(dim, num_clusters, bias=False)
 
-    def _features(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Cluster logits laid out `(B, M, N)`: the softmax over the patches then runs over the contiguous last
+        dim, and the pooling `z^T x` is a plain `(B, M, N) @ (B, N, C)` bmm."""
         if self.clustering_type == "conv":
             tokens = self.act(map_to_tokens(self.dwconv(tokens_to_map(tokens, height, width))))
             tokens = self.act(self.pwconv(tokens))
         elif self.clustering_type == "mlp":
             tokens = self.act(self.fc(tokens))
-        return tokens
-
-    def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return self.to_clusters(self._features(tokens, height, width))
-
-    def logits_per_cluster(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """The same logits as `forward`, laid out `(B, M, N)`: the softmax over the patches then runs over the
-        contiguous last dim, and the pooling `z^T x` is a plain `(B, M, N) @ (B, N, C)` bmm."""
-        features = self._features(tokens, height, width)
-        logits = torch.matmul(self.to_clusters.weight, features.transpose(1, 2))  # (M, C) @ (B, C, N)
+        logits = torch.matmul(self.to_clusters.weight, tokens.transpose(1, 2))  # (M, C) @ (B, C, N)
         if self.to_clusters.bias is not None:
             logits = logits + self.to_clusters.bias[:, None]
         return logits
@@ -303,7 +296,7 @@ class PaCaViTAttention(nn.Module):
         if self.num_clusters > 0:
             if self.clustering is not None:
                 # softmax over the patches on a (B, M, N) layout; the (B, N, M) assignment is a view of it
-                logits = self.clustering.logits_per_cluster(hidden_states, height, width)
+                logits = self.clustering(hidden_states, height, width)
                 cluster_assignment = logits.softmax(dim=-1).transpose(1, 2)
             elif cluster_assignment is None:
                 raise RuntimeError("This block reuses a cluster assignment but none was given to it.")
