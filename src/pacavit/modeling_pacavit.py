@@ -101,6 +101,110 @@ def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
     return feature_map.permute(0, 2, 3, 1).flatten(1, 2)
 
 
+def check_pixel_values(pixel_values, config: PaCaViTConfig, training: bool = False) -> None:
+    """Raise a TypeError/ValueError that says what is wrong and what to do for `pixel_values` the network
+    cannot take. Every PaCa-ViT model class calls it first (the segmentation/detection models too).
+
+    Only metadata is checked (type, rank, channels, dtype, size), never values: no device sync, and it traces
+    under torch.compile/export (the size checks are skipped while compiling; they would only add shape guards).
+    Not errors, by design (documented in the README's Troubleshooting): floating-point inputs of another
+    precision than the weights are cast to it by the stem; NaN/Inf values propagate to the outputs of the
+    images that hold them (other images of the batch are unaffected in eval mode). Integer inputs are an
+    error rather than converted, because the model cannot know how they should be rescaled and normalised.
+    Any size from 1x1 up works (the stride-2 convolutions round up); the one minimum is the ConvMixer
+    clustering teacher in training mode, whose BatchNorm needs more than one value per channel at stride 32.
+    """
+    channels = config.num_channels
+    expected = f"Expected pixel_values of shape (batch, {channels}, height, width)"
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(
+            f"{expected}, got a {type(pixel_values).__name__}. Turn images into a tensor with the model's image "
+            "processor: `AutoImageProcessor.from_pretrained(path)(images, return_tensors='pt').pixel_values`."
+        )
+    shape = tuple(pixel_values.shape)
+    if pixel_values.ndim == 3 and shape[0] == channels:
+        raise ValueError(f"{expected}, got {shape}: one image without the batch dimension. Pass pixel_values[None].")
+    if pixel_values.ndim == 5:
+        raise ValueError(
+            f"{expected}, got {shape} (5 dimensions, e.g. a list of batches or video frames). Merge the leading "
+            "dimensions into the batch: pixel_values.flatten(0, 1)."
+        )
+    if pixel_values.ndim != 4:
+        raise ValueError(f"{expected}, got {shape} ({pixel_values.ndim} dimensions).")
+    if shape[1] != channels:
+        if shape[-1] == channels:
+            hint = "It looks channels-last (batch, height, width, channels): use pixel_values.permute(0, 3, 1, 2)."
+        elif shape[1] in (1, 2, 4) and channels == 3:
+            hint = (
+                "Convert grayscale/RGBA images to RGB (`image.convert('RGB')`, or an image processor with "
+                "do_convert_rgb=True, as the ones saved by pacavit are)."
+            )
+        else:
+            hint = f"Check the image channels or build the model with num_channels={shape[1]}."
+        raise ValueError(f"{expected}, got {shape}. {hint}")
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"pixel_values has dtype {pixel_values.dtype}; the model takes floating-point pixel values, rescaled and "
+            "normalised as in training. Use the model's image processor, or convert them yourself: "
+            "`(pixel_values.float() / 255 - mean) / std` with the processor's image_mean/image_std."
+        )
+    if torch.compiler.is_compiling():
+        return
+    if 0 in shape:
+        raise ValueError(f"pixel_values is empty (shape {shape}); give at least one image of at least 1x1 pixels.")
+    if training and config.use_clustering_teacher:
+        stride = 2 ** (config.num_stages + 1)  # stem /4, then /2 per stage; each stride-2 conv rounds up
+        grid = (-(-shape[2] // stride), -(-shape[3] // stride))
+        if shape[0] * grid[0] * grid[1] < 2:
+            raise ValueError(
+                f"In training mode the clustering teacher's BatchNorm needs more than one value per channel, but "
+                f"{shape[0]} image(s) of {shape[2]}x{shape[3]} give a {grid[0]}x{grid[1]} map at stride {stride}. "
+                f"Train with at least 2 images per batch (per device) or images larger than {stride} pixels on a "
+                "side, or call model.eval() for inference."
+            )
+
+
+def check_classification_labels(labels, logits: torch.Tensor, config: PaCaViTConfig) -> None:
+    """Raise a clear error for labels the classification loss cannot take (instead of torch's
+    "Target 12 is out of bounds", or a CUDA device-side assert that ends the process).
+
+    Integer labels are class indices in `[0, num_labels)`, or -100 to ignore a sample; float labels are
+    multi-label targets of the logits' shape (`num_labels == 1` is regression). Checking the values costs one
+    device sync; it is skipped while compiling.
+    """
+    num_labels, batch = config.num_labels, logits.shape[0]
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of class indices, got {type(labels).__name__}.")
+    if num_labels == 0:
+        raise ValueError("This model has no classification head (num_labels=0); build it with num_labels=N to train it.")
+    problem_type = config.problem_type
+    if problem_type is None and num_labels > 1:
+        integer = labels.dtype in (torch.long, torch.int)
+        problem_type = "single_label_classification" if integer else "multi_label_classification"
+    if problem_type == "single_label_classification":
+        if labels.is_floating_point() or labels.numel() != batch:
+            raise ValueError(
+                f"labels of shape {tuple(labels.shape)} and dtype {labels.dtype} do not fit {batch} images: give one "
+                f"integer class index per image, shape ({batch},) (labels.long()); for multi-label targets use "
+                f"float labels of shape ({batch}, {num_labels})."
+            )
+        if torch.compiler.is_compiling():
+            return
+        invalid = (labels >= num_labels) | ((labels < 0) & (labels != -100))
+        if invalid.any():
+            values = sorted(set(labels[invalid].tolist()))
+            raise ValueError(
+                f"labels must be class indices in [0, {num_labels - 1}] (or -100 to ignore a sample), got "
+                f"{values[:10]}. The model has num_labels={num_labels}: build or load it with the number of classes "
+                "of your data (e.g. from_pretrained(path, num_labels=N, ignore_mismatched_sizes=True))."
+            )
+    elif problem_type == "multi_label_classification" and tuple(labels.shape) != tuple(logits.shape):
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)} and dtype {labels.dtype} are read as multi-label targets, which "
+            f"need the logits' shape {tuple(logits.shape)}. For class indices pass an integer tensor (labels.long())."
+        )
+
+
 def drop_path_rates(max_rate: float, depths: list[int]) -> list[list[float]]:
     """Stochastic-depth rate of every block, increasing linearly from 0 to `max_rate`, split per stage."""
     total = sum(depths)
@@ -184,13 +288,8 @@ class PaCaViTEmbeddings(nn.Module):
         self.layernorm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.num_channels:
-            raise ValueError(
-                f"Expected pixel_values of shape (batch, {self.num_channels}, height, width), got "
-                f"{tuple(pixel_values.shape)}. Check the image channels (e.g. convert grayscale images to RGB) "
-                f"or build the model with num_channels={pixel_values.shape[1] if pixel_values.ndim == 4 else '?'}."
-            )
-        feature_map = self.projection(pixel_values)
+        # inputs were checked by `check_pixel_values`; another float precision is cast (a no-op when equal)
+        feature_map = self.projection(pixel_values.to(self.projection[0].weight.dtype))
         height, width = feature_map.shape[-2:]
         return self.layernorm(map_to_tokens(feature_map)), height, width
 
@@ -734,11 +833,14 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
     ) -> tuple[torch.Tensor, int, int, tuple, tuple, tuple]:
         """Runs the network; returns last-stage tokens, their grid size, and the requested per-stage/block outputs."""
         hidden_states, height, width = self.embeddings(pixel_values)
+        all_hidden_states = ()
+        if output_hidden_states:  # go on from the returned view, so that it receives gradients (Grad-CAM)
+            all_hidden_states = (tokens_to_map(hidden_states, height, width),)
+            hidden_states = map_to_tokens(all_hidden_states[-1])
         teacher_assignments = teacher_outputs = [None] * self.config.num_stages
         if self.clustering_teacher is not None:
             teacher_assignments, teacher_outputs = self.clustering_teacher(tokens_to_map(hidden_states, height, width))
 
-        all_hidden_states = (tokens_to_map(hidden_states, height, width),) if output_hidden_states else ()
         all_attentions, all_assignments = (), ()
         for i, stage in enumerate(self.stages):
             hidden_states, height, width, attentions, assignments = stage(
@@ -752,6 +854,7 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
             )
             if output_hidden_states:
                 all_hidden_states += (tokens_to_map(hidden_states, height, width),)
+                hidden_states = map_to_tokens(all_hidden_states[-1])  # a view: same values, gradients reach it
             all_attentions += tuple(attentions)
             as_maps = {}  # one (B, M, H, W) view per distinct assignment: reusing blocks share it
             all_assignments += tuple(
@@ -774,13 +877,15 @@ class PaCaViTModel(PaCaViTPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        check_pixel_values(pixel_values, self.config, training=self.training)
 
         tokens, height, width, hidden_states, attentions, assignments = self.forward_features(
             pixel_values, bool(output_attentions), bool(output_hidden_states), bool(output_cluster_assignments)
         )
+        last_hidden_state = hidden_states[-1] if hidden_states else tokens_to_map(tokens, height, width)
         output = PaCaViTModelOutput(
-            last_hidden_state=tokens_to_map(tokens, height, width),
-            pooler_output=tokens.mean(dim=1),
+            last_hidden_state=last_hidden_state,
+            pooler_output=map_to_tokens(last_hidden_state).mean(dim=1),  # the tokens, as a view of the returned map
             hidden_states=hidden_states or None,
             attentions=attentions or None,
             cluster_assignments=assignments or None,
@@ -819,6 +924,7 @@ class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
+            check_classification_labels(labels, logits, self.config)
             loss = self.loss_function(labels, logits, self.config)
         output = PaCaViTImageClassifierOutput(
             loss=loss,
@@ -873,6 +979,8 @@ class PaCaViTBackbone(BackboneMixin, PaCaViTPreTrainedModel):
 
 
 __all__ = [
+    "check_pixel_values",
+    "check_classification_labels",
     "PaCaViTPreTrainedModel",
     "PaCaViTModel",
     "PaCaViTForImageClassification",
