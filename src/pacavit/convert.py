@@ -455,7 +455,10 @@ def convert_checkpoint(
     """Convert `checkpoint`, save a folder loadable with the Auto class of `task`, return the model."""
     from .modeling_pacavit import PaCaViTBackbone, PaCaViTForImageClassification
 
-    state_dict = load_original_checkpoint(checkpoint, use_ema=use_ema)
+    if isinstance(checkpoint, dict):  # already loaded (pacavit.checkpoint_names.convert_by_name)
+        state_dict = extract_state_dict(checkpoint, use_ema=use_ema)
+    else:
+        state_dict = load_original_checkpoint(checkpoint, use_ema=use_ema)
     backbone_only, _ = _split_prefix(state_dict)
     config = build_config(backbone_only, task, preset, original_config)
     converted, report = convert_state_dict(state_dict, config, task)
@@ -477,16 +480,27 @@ def convert_checkpoint(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="original .pth (timm, mmseg or mmdet layout)")
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", help="preset or original builder name, e.g. pacavit-tiny / pacavit_tiny_p2cconv_100_0")
     source.add_argument("--original-config", help="JSON with the original constructor kwargs (fixture/manifest form)")
-    parser.add_argument("--task", choices=TASKS, default="image-classification")
+    source.add_argument(
+        "--checkpoint-name",
+        help="the released file name to read preset/task/head from, for a renamed file "
+        "(e.g. upernet_pacavit_tiny_p2cconv_100_0_512x512_160k_ade20k.pth)",
+    )
+    parser.add_argument("--task", choices=TASKS, default=None, help="default: from the file name, or image-classification")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--ema", action="store_true", help="convert the EMA weights (state_dict_ema)")
     args = parser.parse_args(argv)
     original = json.loads(Path(args.original_config).read_text()) if args.original_config else None
     try:
-        convert_checkpoint(args.checkpoint, args.output_dir, args.task, args.preset, original, args.ema)
+        if args.preset is None and original is None:
+            from .checkpoint_names import convert_by_name
+
+            convert_by_name(args.checkpoint, args.output_dir, args.checkpoint_name, args.task, args.ema)
+            return
+        task = args.task or "image-classification"
+        convert_checkpoint(args.checkpoint, args.output_dir, task, args.preset, original, args.ema)
     except ValueError as error:  # ConversionError and unknown presets: a message, not a traceback
         parser.exit(2, f"error: {error}\n")
 
