@@ -43,3 +43,12 @@ __all__ = [
     "list_presets",
     "resolve_preset_name",
 ]
+
+# timm entry points (`timm.create_model("pacavit_tiny")`, see timm_pacavit); timm stays optional for the
+# transformers models, so registration is skipped when it is not installed.
+try:
+    import timm  # noqa: F401
+except ImportError:  # pragma: no cover - timm not installed
+    pass
+else:
+    from . import timm_pacavit  # noqa: F401
