@@ -1,0 +1,183 @@
+"""The training library shared by the task scripts in `examples/` (classification, semantic segmentation,
+instance segmentation). Needs the `train` extra: `pip install "pacavit[train]"`.
+
+Modules
+-------
+- `args`       -- `RecipeArgumentParser` (precedence: explicit flag > --recipe > base defaults; --help
+                  lists each recipe's value), the shared flag groups `add_optimization_arguments` /
+                  `add_running_arguments`, their recipe-controlled defaults `OPTIMIZATION_DEFAULTS`, and
+                  `validate_training_args`.
+- `runtime`    -- `make_accelerator` (mixed precision, seedable sampler, tracking, project dir),
+                  `setup_logging`, `configure_threads`, `hardware_description`, `wall_time`, `teardown`.
+                  The OpenMP spin guard is the top-level module `pacavit_openmp_guard` (it must run before
+                  torch is imported, which any `pacavit` import does).
+- `optim`      -- `global_batch_size`, `scale_learning_rates` / `learning_rates_from_args`,
+                  `build_param_groups` / `build_optimizer` (no decay on 1-D params and position embeddings,
+                  layer decay, per-module lr multipliers by name pattern), `create_update_scheduler` /
+                  `build_scheduler` (timm cosine, poly with warm-up, multi-step with warm-up; per update),
+                  `current_lr`.
+- `checkpoint` -- `save_checkpoint` (atomic: write into `.tmp_<name>`, then rename), `prune_checkpoints`,
+                  `list_checkpoints` / `find_latest_checkpoint` (complete checkpoints only),
+                  `resolve_resume_path`, `load_checkpoint`, `resume_position`, `check_output_dir`.
+- `loop`       -- `epoch_batches` (sampler epoch, mid-epoch skip, per-step seeding), `StopOnSignal`
+                  (SIGTERM -> checkpoint and exit 143), `check_finite_loss`, `TrainingProgress` (tqdm, log
+                  lines, tracking, history), `init_tracking`, `write_run_files` (all_results.json,
+                  train_log.json), `process_ranks`, `json_default`.
+
+Related, outside this sub-package: `pacavit.data.common` (image decoding with errors naming the file,
+per-sample seeds), `pacavit.model_card` (README.md with a model-index block), `pacavit.hub`
+(`hub_preflight`, `push_folder`), `pacavit.utils.require` (optional imports naming the pip extra).
+
+Call sequence of a task script
+------------------------------
+::
+
+    import pacavit_openmp_guard  # noqa: F401   first line: before torch is imported
+    from pacavit import training as T
+
+    parser = T.RecipeArgumentParser(recipes=RECIPES, base_defaults=BASE_DEFAULTS, default_recipe="...")
+    ...task flags (recipe-controlled ones with default=None)...
+    T.add_optimization_arguments(parser); T.add_running_arguments(parser, output_dir="runs/...")
+    args = T.validate_training_args(parser.parse_args(argv))
+
+    accelerator = T.make_accelerator(args); T.setup_logging(accelerator)
+    num_threads = T.configure_threads(args.num_threads, accelerator); set_seed(args.seed)
+    resume_path = T.resolve_resume_path(args.resume_from_checkpoint, args.output_dir)
+    T.check_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint))
+    ...data, model (task code)...
+    batch = T.global_batch_size(...); lrs = T.learning_rates_from_args(args, batch)
+    optimizer = T.build_optimizer(model, args, lrs["lr"], lr_multipliers={"decode_head.*": 10.0})
+    model, optimizer, train_dl, eval_dl = accelerator.prepare(...)
+    scheduler = T.build_scheduler(optimizer, args, lrs, updates_per_epoch, max_train_steps)
+    T.init_tracking(accelerator, args, "run_<task>", global_batch_size=batch, ...)
+    state = T.load_checkpoint(accelerator, resume_path) if resume_path else {}
+    epoch0, skip = T.resume_position(completed_steps, updates_per_epoch, args.gradient_accumulation_steps)
+    progress = T.TrainingProgress(accelerator, max_train_steps, completed_steps, args.logging_steps, ...)
+    stop = T.StopOnSignal()
+    for epoch in range(epoch0, num_epochs):
+        skip_now = skip if epoch == epoch0 else 0
+        for _, batch in T.epoch_batches(accelerator, train_dl, epoch, args.seed, skip_now, train_dataset):
+            scheduler.step_update(completed_steps)
+            with accelerator.accumulate(model): ...forward, backward, step...
+            if not accelerator.sync_gradients: continue
+            completed_steps += 1
+            loss = accelerator.reduce(..., "mean").item(); T.check_finite_loss(loss, completed_steps, epoch)
+            progress.update(completed_steps, loss, T.current_lr(optimizer), epoch, batch)
+            ...periodic T.save_checkpoint(...)...
+            if stop.requested(accelerator): stop.exit(accelerator, T.save_checkpoint(...))
+    train_time = progress.close()
+    ...evaluate, save_pretrained, write_model_card, T.write_run_files(...), hub.push_folder(...)...
+
+    if __name__ == "__main__":
+        main(); T.teardown(0)
+
+`examples/run_classification.py` is the worked example of this sequence.
+"""
+
+from .args import (
+    OPTIMIZATION_DEFAULTS,
+    SCHEDULERS,
+    RecipeArgumentParser,
+    add_optimization_arguments,
+    add_running_arguments,
+    apply_recipe,
+    floats,
+    validate_training_args,
+)
+from .checkpoint import (
+    CHECKPOINT_PATTERN,
+    TRAINING_STATE,
+    check_output_dir,
+    find_latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    resolve_resume_path,
+    resume_position,
+    save_checkpoint,
+    write_checkpoint_atomically,
+)
+from .loop import (
+    EXIT_INTERRUPTED,
+    NonFiniteLossError,
+    StopOnSignal,
+    TrainingProgress,
+    check_finite_loss,
+    epoch_batches,
+    init_tracking,
+    json_default,
+    process_ranks,
+    write_json,
+    write_run_files,
+)
+from .optim import (
+    NO_WEIGHT_DECAY,
+    build_optimizer,
+    build_param_groups,
+    build_scheduler,
+    create_update_scheduler,
+    current_lr,
+    global_batch_size,
+    learning_rates_from_args,
+    scale_learning_rates,
+)
+from .runtime import (
+    PROCESS_START,
+    available_cores,
+    configure_threads,
+    hardware_description,
+    make_accelerator,
+    setup_logging,
+    teardown,
+    wall_time,
+)
+
+__all__ = [
+    "CHECKPOINT_PATTERN",
+    "EXIT_INTERRUPTED",
+    "NO_WEIGHT_DECAY",
+    "NonFiniteLossError",
+    "OPTIMIZATION_DEFAULTS",
+    "PROCESS_START",
+    "RecipeArgumentParser",
+    "SCHEDULERS",
+    "StopOnSignal",
+    "TRAINING_STATE",
+    "TrainingProgress",
+    "add_optimization_arguments",
+    "add_running_arguments",
+    "apply_recipe",
+    "available_cores",
+    "build_optimizer",
+    "build_param_groups",
+    "build_scheduler",
+    "check_finite_loss",
+    "check_output_dir",
+    "configure_threads",
+    "create_update_scheduler",
+    "current_lr",
+    "epoch_batches",
+    "find_latest_checkpoint",
+    "floats",
+    "global_batch_size",
+    "hardware_description",
+    "init_tracking",
+    "json_default",
+    "learning_rates_from_args",
+    "list_checkpoints",
+    "load_checkpoint",
+    "make_accelerator",
+    "process_ranks",
+    "prune_checkpoints",
+    "resolve_resume_path",
+    "resume_position",
+    "save_checkpoint",
+    "scale_learning_rates",
+    "setup_logging",
+    "teardown",
+    "validate_training_args",
+    "wall_time",
+    "write_checkpoint_atomically",
+    "write_json",
+    "write_run_files",
+]

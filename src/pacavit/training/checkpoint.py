@@ -1,0 +1,144 @@
+"""Checkpoints that a kill cannot corrupt, rotation, `latest` discovery, resume, and the output-folder guard.
+
+A checkpoint is `<output_dir>/step_<N>` or `<output_dir>/epoch_<E>`: Accelerate's `save_state` (model,
+optimizer, RNG and sampler states, and every object registered with
+`accelerator.register_for_checkpointing`, e.g. an EMA) plus `training_state.json` (updates done, histories).
+
+Why not Accelerate's own `ProjectConfiguration(automatic_checkpoint_naming=True, total_limit=...)`: it writes
+straight into the final folder (a run killed mid-save leaves a folder that looks complete) and names folders
+`checkpoint_<i>` by save count rather than by training progress. Here `save_state` writes into
+`.tmp_<name>`, `training_state.json` is written last, and the folder is renamed into place: a checkpoint is
+complete exactly when `<name>/training_state.json` exists, and `list_checkpoints` ignores everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+CHECKPOINT_PATTERN = re.compile(r"^(step|epoch)_(\d+)$")
+TRAINING_STATE = "training_state.json"
+TMP_PREFIX = ".tmp_"
+# Files a finished run leaves in its output folder (any task); their presence means "this folder holds a run".
+RUN_FILES = ("all_results.json", "train_log.json", "model.safetensors")
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints in `output_dir` as `(completed_updates, path)`, oldest first (by update count,
+    then modification time; names are not compared, so `epoch_3` and `step_40` order correctly)."""
+    found = []
+    root = Path(output_dir)
+    if not root.is_dir():
+        return found
+    for path in root.iterdir():
+        if path.is_dir() and CHECKPOINT_PATTERN.match(path.name) and (path / TRAINING_STATE).is_file():
+            state = json.loads((path / TRAINING_STATE).read_text())
+            found.append((int(state["completed_steps"]), path))
+    return sorted(found, key=lambda item: (item[0], item[1].stat().st_mtime))
+
+
+def find_latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint in `output_dir`, or None."""
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def write_checkpoint_atomically(output_dir: str | os.PathLike, name: str, write_into, state: dict) -> Path:
+    """Single-process core of `save_checkpoint`: `write_into(tmp_dir)` writes the files, then
+    `training_state.json` is written and the folder renamed to `output_dir/name` (replacing an older one)."""
+    final = Path(output_dir) / name
+    tmp = Path(output_dir) / f"{TMP_PREFIX}{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_into(tmp)
+    _write_state_and_rename(tmp, final, state)
+    return final
+
+
+def _write_state_and_rename(tmp: Path, final: Path, state: dict) -> None:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / TRAINING_STATE).write_text(json.dumps(state, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)  # atomic on one file system: the checkpoint appears complete or not at all
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) -> list[Path]:
+    """Delete all but the newest `total_limit` complete checkpoints; returns the deleted paths."""
+    if total_limit is None or total_limit <= 0:
+        return []
+    old = [path for _, path in list_checkpoints(output_dir)[:-total_limit]]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old
+
+
+def save_checkpoint(accelerator, output_dir: str, name: str, state: dict, total_limit: int | None) -> Path:
+    """`accelerator.save_state` into `.tmp_<name>`, renamed into place once complete (see the module
+    docstring), then prune to the newest `total_limit`. Call on every process."""
+    final = Path(output_dir) / name
+    tmp = Path(output_dir) / f"{TMP_PREFIX}{name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_state_and_rename(tmp, final, state)
+        prune_checkpoints(output_dir, total_limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_resume_path(resume_from_checkpoint: str | None, output_dir: str) -> Path | None:
+    """`--resume_from_checkpoint`: None, 'latest' (newest complete checkpoint in `output_dir`, None when there
+    is none) or a checkpoint folder (must hold `training_state.json`)."""
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint == "latest":
+        return find_latest_checkpoint(output_dir)
+    path = Path(resume_from_checkpoint)
+    if not (path / TRAINING_STATE).is_file():
+        raise FileNotFoundError(
+            f"{path} is not a complete checkpoint (no {TRAINING_STATE}); pass a step_N/epoch_N folder of a "
+            "run, or 'latest'."
+        )
+    return path
+
+
+def load_checkpoint(accelerator, path: str | os.PathLike) -> dict:
+    """`accelerator.load_state(path)` (weights, optimizer, RNG and sampler states, registered objects);
+    returns the checkpoint's `training_state.json`."""
+    accelerator.load_state(str(path))
+    return json.loads((Path(path) / TRAINING_STATE).read_text())
+
+
+def resume_position(completed_steps: int, updates_per_epoch: int, gradient_accumulation_steps: int) -> tuple:
+    """`(epoch, batches_to_skip)` where a run with `completed_steps` updates continues."""
+    epoch = completed_steps // updates_per_epoch
+    return epoch, (completed_steps % updates_per_epoch) * gradient_accumulation_steps
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resuming: bool) -> None:
+    """Refuse to train into a folder that already holds a run (its results, weights or checkpoints), unless
+    resuming it or `overwrite` (then its checkpoints are deleted, so `latest` and rotation see only the new
+    run's). Raises FileExistsError saying what to do."""
+    root = Path(output_dir)
+    if resuming or not root.is_dir():
+        return
+    held = [name for name in RUN_FILES if (root / name).exists()]
+    checkpoints = sorted(
+        p.name for p in root.iterdir() if CHECKPOINT_PATTERN.match(p.name) or p.name.startswith(TMP_PREFIX)
+    )
+    if not held and not checkpoints:
+        return
+    if not overwrite:
+        found = ", ".join(held + checkpoints[:3] + (["..."] if len(checkpoints) > 3 else []))
+        raise FileExistsError(
+            f"--output_dir {str(root)!r} already holds a run ({found}). Pass --overwrite_output_dir to "
+            "replace it, --resume_from_checkpoint latest to continue it, or another --output_dir."
+        )
+    for name in checkpoints:
+        shutil.rmtree(root / name, ignore_errors=True)

@@ -1,0 +1,130 @@
+"""pacavit.training.checkpoint: atomic save (also under SIGKILL), rotation, `latest`, resume, output guard."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pacavit.training import (
+    TRAINING_STATE,
+    check_output_dir,
+    find_latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    resolve_resume_path,
+    resume_position,
+    save_checkpoint,
+    write_checkpoint_atomically,
+)
+
+
+@pytest.fixture()
+def fresh_accelerate_state():
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def fake_checkpoint(root: Path, name: str, steps: int | None) -> Path:
+    (root / name).mkdir(parents=True)
+    if steps is not None:
+        (root / name / TRAINING_STATE).write_text(json.dumps({"completed_steps": steps}))
+    return root / name
+
+
+def test_latest_is_the_newest_complete_checkpoint(tmp_path):
+    assert find_latest_checkpoint(tmp_path) is None and find_latest_checkpoint(tmp_path / "absent") is None
+    fake_checkpoint(tmp_path, "epoch_1", 20)
+    fake_checkpoint(tmp_path, "step_30", 30)
+    fake_checkpoint(tmp_path, ".tmp_step_40", 40)  # renamed into place only when complete: never picked
+    fake_checkpoint(tmp_path, "step_50", None)  # no training state: incomplete
+    fake_checkpoint(tmp_path, "best_model", 99)  # not a checkpoint name
+    assert find_latest_checkpoint(tmp_path).name == "step_30"
+    assert resolve_resume_path("latest", str(tmp_path)).name == "step_30"
+    assert resolve_resume_path(None, str(tmp_path)) is None
+    with pytest.raises(FileNotFoundError, match="step_50.*not a complete checkpoint"):
+        resolve_resume_path(str(tmp_path / "step_50"), str(tmp_path))
+    assert resume_position(30, 16, 2) == (1, 28)
+
+
+def _killed_writer(output_dir: str) -> None:
+    def write_into(tmp):
+        tmp.mkdir(parents=True)
+        (tmp / "model.safetensors").write_bytes(b"x" * 1000)
+        (tmp / "WRITING").touch()
+        time.sleep(120)  # killed here, mid-save
+
+    write_checkpoint_atomically(output_dir, "step_7", write_into, {"completed_steps": 7})
+
+
+def test_sigkill_during_save_leaves_no_complete_looking_checkpoint(tmp_path):
+    fake_checkpoint(tmp_path, "step_3", 3)
+    # a forked child (it has the package imported already) is killed while it writes the checkpoint
+    process = multiprocessing.get_context("fork").Process(target=_killed_writer, args=(str(tmp_path),))
+    process.start()
+    deadline = time.time() + 60
+    while not (tmp_path / ".tmp_step_7" / "WRITING").exists():
+        assert process.is_alive(), "the writer exited early"
+        assert time.time() < deadline, "the writer never started writing"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    assert process.exitcode == -signal.SIGKILL
+    assert not (tmp_path / "step_7").exists()
+    assert [p.name for _, p in list_checkpoints(tmp_path)] == ["step_3"]
+    assert find_latest_checkpoint(tmp_path).name == "step_3"
+    # the next save of the same name replaces the leftover
+    final = write_checkpoint_atomically(tmp_path, "step_7", lambda tmp: tmp.mkdir(), {"completed_steps": 7})
+    assert find_latest_checkpoint(tmp_path) == final and not (tmp_path / ".tmp_step_7").exists()
+
+
+def test_save_prune_and_exact_load_with_accelerate(tmp_path, fresh_accelerate_state):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True, project_dir=str(tmp_path))
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    saved = {}
+    for step in (1, 2, 3):
+        model(torch.randn(4, 3)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        path = save_checkpoint(accelerator, str(tmp_path), f"step_{step}", {"completed_steps": step}, 2)
+        saved[step] = {k: v.clone() for k, v in model.state_dict().items()}
+    rng_at_save = torch.get_rng_state()
+    assert [p.name for _, p in list_checkpoints(tmp_path)] == ["step_2", "step_3"]
+    assert not list(tmp_path.glob(".tmp_*"))
+    torch.manual_seed(123)
+    with torch.no_grad():
+        model.weight.zero_()
+    state = load_checkpoint(accelerator, path)
+    assert state == {"completed_steps": 3}
+    assert torch.equal(model.weight, saved[3]["weight"])
+    assert torch.equal(torch.get_rng_state(), rng_at_save)  # the RNG state is part of the checkpoint
+    assert len(optimizer.state_dict()["state"]) == 2
+
+
+def test_output_dir_guard(tmp_path):
+    check_output_dir(tmp_path / "new", overwrite=False, resuming=False)
+    (tmp_path / "notes.txt").write_text("unrelated files are fine")
+    check_output_dir(tmp_path, overwrite=False, resuming=False)
+    fake_checkpoint(tmp_path, "step_10", 10)
+    (tmp_path / "all_results.json").write_text("{}")
+    with pytest.raises(
+        FileExistsError, match="already holds a run.*all_results.json.*--overwrite_output_dir"
+    ):
+        check_output_dir(tmp_path, overwrite=False, resuming=False)
+    check_output_dir(tmp_path, overwrite=False, resuming=True)
+    assert (tmp_path / "step_10").exists()
+    check_output_dir(tmp_path, overwrite=True, resuming=False)  # stale checkpoints go, other files stay
+    assert not (tmp_path / "step_10").exists() and (tmp_path / "notes.txt").exists()
