@@ -9,6 +9,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
 )
 
 from .configuration_pacavit import ORIGINAL_NAMES, PRESETS, PaCaViTConfig, list_presets, resolve_preset_name
@@ -22,12 +23,20 @@ from .modeling_pacavit import (
     PaCaViTPreTrainedModel,
 )
 
+from .configuration_pacavit_segmentation import PaCaViTSegmentationConfig
+from .modeling_pacavit_segmentation import PaCaViTForSemanticSegmentation, PaCaViTSemanticSegmenterOutput
+
 __version__ = "0.1.0"
 
 AutoConfig.register(PaCaViTConfig.model_type, PaCaViTConfig, exist_ok=True)
 AutoModel.register(PaCaViTConfig, PaCaViTModel, exist_ok=True)
 AutoModelForImageClassification.register(PaCaViTConfig, PaCaViTForImageClassification, exist_ok=True)
 AutoBackbone.register(PaCaViTConfig, PaCaViTBackbone, exist_ok=True)
+# semantic segmentation (PaCa head or UperNet); saved folders carry their code (Hub remote code, auto_map)
+AutoConfig.register(PaCaViTSegmentationConfig.model_type, PaCaViTSegmentationConfig, exist_ok=True)
+AutoModelForSemanticSegmentation.register(PaCaViTSegmentationConfig, PaCaViTForSemanticSegmentation, exist_ok=True)
+PaCaViTSegmentationConfig.register_for_auto_class()
+PaCaViTForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 
 __all__ = [
     "PaCaViTConfig",
@@ -38,6 +47,9 @@ __all__ = [
     "PaCaViTModelOutput",
     "PaCaViTImageClassifierOutput",
     "PaCaViTBackboneOutput",
+    "PaCaViTSegmentationConfig",
+    "PaCaViTForSemanticSegmentation",
+    "PaCaViTSemanticSegmenterOutput",
     "PRESETS",
     "ORIGINAL_NAMES",
     "list_presets",

@@ -295,11 +295,10 @@ def convert_state_dict(
     """Map an original state dict to the keys of the pacavit model for `task` (before shape checks)."""
     if task not in TASKS:
         raise ConversionError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
-    if task == "semantic-segmentation":
-        raise ConversionError(
-            "The semantic-segmentation task (PaCa/UperNet heads) is not available yet; convert the backbone with "
-            "--task backbone in the meantime."
-        )
+    if task == "semantic-segmentation":  # head key tables live in convert_segmentation
+        from .convert_segmentation import convert_segmentation_state_dict
+
+        return convert_segmentation_state_dict(state_dict, config)
     report = ConversionReport()
     backbone, heads = _split_prefix(state_dict)
     converted: "OrderedDict[str, torch.Tensor]" = OrderedDict()
@@ -454,6 +453,11 @@ def convert_checkpoint(
 ):
     """Convert `checkpoint`, save a folder loadable with the Auto class of `task`, return the model."""
     from .modeling_pacavit import PaCaViTBackbone, PaCaViTForImageClassification
+
+    if task == "semantic-segmentation":  # mmseg segmentors (PaCa head / UperNet): see convert_segmentation
+        from .convert_segmentation import convert_segmentation_checkpoint
+
+        return convert_segmentation_checkpoint(checkpoint, output_dir, preset, original_config, use_ema, verbose)
 
     if isinstance(checkpoint, dict):  # already loaded (pacavit.checkpoint_names.convert_by_name)
         state_dict = extract_state_dict(checkpoint, use_ema=use_ema)
