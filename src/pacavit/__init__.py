@@ -10,6 +10,10 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForSemanticSegmentation,
+    AutoImageProcessor,
+    AutoModelForImageSegmentation,
+    AutoModelForInstanceSegmentation,
+    AutoModelForObjectDetection,
 )
 
 from .configuration_pacavit import ORIGINAL_NAMES, PRESETS, PaCaViTConfig, list_presets, resolve_preset_name
@@ -25,6 +29,9 @@ from .modeling_pacavit import (
 
 from .configuration_pacavit_segmentation import PaCaViTSegmentationConfig
 from .modeling_pacavit_segmentation import PaCaViTForSemanticSegmentation, PaCaViTSemanticSegmenterOutput
+from .configuration_pacavit_maskrcnn import PaCaViTMaskRCNNConfig
+from .image_processing_pacavit_maskrcnn import PaCaViTMaskRCNNImageProcessor
+from .modeling_pacavit_maskrcnn import PaCaViTForInstanceSegmentation, PaCaViTInstanceSegmentationOutput
 
 __version__ = "0.1.0"
 
@@ -37,6 +44,18 @@ AutoConfig.register(PaCaViTSegmentationConfig.model_type, PaCaViTSegmentationCon
 AutoModelForSemanticSegmentation.register(PaCaViTSegmentationConfig, PaCaViTForSemanticSegmentation, exist_ok=True)
 PaCaViTSegmentationConfig.register_for_auto_class()
 PaCaViTForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+# Mask R-CNN (detection + instance segmentation; needs the `detection` extra: torchvision)
+AutoConfig.register(PaCaViTMaskRCNNConfig.model_type, PaCaViTMaskRCNNConfig, exist_ok=True)
+for _auto in (AutoModelForObjectDetection, AutoModelForInstanceSegmentation, AutoModelForImageSegmentation):
+    _auto.register(PaCaViTMaskRCNNConfig, PaCaViTForInstanceSegmentation, exist_ok=True)
+AutoImageProcessor.register(  # the same torch-only class for both backends
+    PaCaViTMaskRCNNConfig,
+    image_processor_classes={"pil": PaCaViTMaskRCNNImageProcessor, "torchvision": PaCaViTMaskRCNNImageProcessor},
+    exist_ok=True,
+)
+PaCaViTMaskRCNNConfig.register_for_auto_class()
+PaCaViTForInstanceSegmentation.register_for_auto_class("AutoModelForInstanceSegmentation")
+PaCaViTMaskRCNNImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "PaCaViTConfig",
@@ -50,6 +69,10 @@ __all__ = [
     "PaCaViTSegmentationConfig",
     "PaCaViTForSemanticSegmentation",
     "PaCaViTSemanticSegmenterOutput",
+    "PaCaViTMaskRCNNConfig",
+    "PaCaViTForInstanceSegmentation",
+    "PaCaViTInstanceSegmentationOutput",
+    "PaCaViTMaskRCNNImageProcessor",
     "PRESETS",
     "ORIGINAL_NAMES",
     "list_presets",

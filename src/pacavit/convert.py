@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - transformers 4.x
 
 from .configuration_pacavit import PaCaViTConfig, resolve_preset_name
 
-TASKS = ("image-classification", "backbone", "semantic-segmentation")
+TASKS = ("image-classification", "backbone", "semantic-segmentation", "instance-segmentation")
 
 # Prefixes of mmseg/mmdet heads: never part of the backbone, dropped for the backbone task.
 HEAD_PREFIXES = ("decode_head.", "auxiliary_head.", "neck.", "rpn_head.", "roi_head.")
@@ -299,6 +299,10 @@ def convert_state_dict(
         from .convert_segmentation import convert_segmentation_state_dict
 
         return convert_segmentation_state_dict(state_dict, config)
+    if task == "instance-segmentation":  # mmdet Mask R-CNN head rules live in convert_maskrcnn
+        from .convert_maskrcnn import convert_maskrcnn_state_dict
+
+        return convert_maskrcnn_state_dict(state_dict, config)
     report = ConversionReport()
     backbone, heads = _split_prefix(state_dict)
     converted: "OrderedDict[str, torch.Tensor]" = OrderedDict()
@@ -458,6 +462,10 @@ def convert_checkpoint(
         from .convert_segmentation import convert_segmentation_checkpoint
 
         return convert_segmentation_checkpoint(checkpoint, output_dir, preset, original_config, use_ema, verbose)
+    if task == "instance-segmentation":  # mmdet Mask R-CNN: see convert_maskrcnn
+        from .convert_maskrcnn import convert_maskrcnn_checkpoint
+
+        return convert_maskrcnn_checkpoint(checkpoint, output_dir, preset, original_config, use_ema, verbose)
 
     if isinstance(checkpoint, dict):  # already loaded (pacavit.checkpoint_names.convert_by_name)
         state_dict = extract_state_dict(checkpoint, use_ema=use_ema)

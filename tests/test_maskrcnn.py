@@ -1,0 +1,359 @@
+"""PaCa-ViT Mask R-CNN: model (training/inference/save-load), mmdet conversion and parity, processor and pipelines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pacavit import PaCaViTForInstanceSegmentation, PaCaViTMaskRCNNConfig, PaCaViTMaskRCNNImageProcessor
+from pacavit.convert import ConversionError, main
+from pacavit.convert_maskrcnn import convert_maskrcnn_checkpoint, mmdet_class_to_torchvision
+
+TINY_DETECTOR = dict(
+    hidden_sizes=[16, 32, 48, 64],
+    num_attention_heads=[1, 2, 2, 4],
+    depths=[1, 1, 2, 1],
+    num_clusters=[8, 8, 8, 0],
+    fpn_hidden_size=32,
+    box_head_hidden_size=64,
+    mask_head_hidden_size=16,
+    rpn_pre_nms_top_n_test=200,
+    rpn_post_nms_top_n_test=100,
+    box_batch_size_per_image=64,
+)
+
+
+def tiny_model(**overrides) -> PaCaViTForInstanceSegmentation:
+    values = dict(TINY_DETECTOR, id2label={0: "cat", 1: "dog", 2: "bird"})
+    values.update(overrides)
+    return PaCaViTForInstanceSegmentation(PaCaViTMaskRCNNConfig(**values))
+
+
+def _target(height, width, boxes, classes):
+    masks = torch.zeros(len(boxes), height, width, dtype=torch.uint8)
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes):
+        mask[int(y0) : int(y1), int(x0) : int(x1)] = 1
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "class_labels": torch.tensor(classes),
+        "masks": masks,
+    }
+
+
+def test_training_step_with_normal_and_empty_targets():
+    model = tiny_model().train()
+    pixel_values = torch.randn(2, 3, 96, 128)
+    labels = [_target(90, 125, [[10, 12, 60, 70], [70, 20, 120, 85]], [0, 2]), _target(96, 100, [], [])]
+    out = model(pixel_values, image_sizes=[(90, 125), (96, 100)], labels=labels)
+    assert set(out.loss_dict) == {
+        "loss_objectness",
+        "loss_rpn_box_reg",
+        "loss_classifier",
+        "loss_box_reg",
+        "loss_mask",
+    }
+    assert torch.isfinite(out.loss) and torch.allclose(out.loss, sum(out.loss_dict.values()))
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # a batch with no objects at all trains too (only background samples)
+    empty = model(torch.randn(1, 3, 64, 64), labels=[_target(64, 64, [], [])])
+    assert torch.isfinite(empty.loss) and empty.loss_dict["loss_mask"] == 0
+
+
+def test_bad_targets_have_clear_errors():
+    model = tiny_model().train()
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="zero area or lie outside"):
+        model(x, labels=[_target(64, 64, [[10, 10, 10, 30]], [0])])
+    with pytest.raises(ValueError, match="zero area or lie outside"):
+        model(x, labels=[_target(64, 64, [[70, 10, 90, 30]], [0])])
+    with pytest.raises(ValueError, match="0-based ids below num_labels=3"):
+        model(x, labels=[_target(64, 64, [[1, 1, 9, 9]], [3])])
+    with pytest.raises(ValueError, match="needs `labels`"):
+        model(x)
+
+
+def test_inference_at_odd_sizes_and_save_load_round_trip(tmp_path):
+    from transformers import AutoModelForInstanceSegmentation, AutoModelForObjectDetection
+
+    model = tiny_model(box_score_threshold=0.0).eval()
+    with torch.no_grad():
+        out = model(
+            torch.randn(2, 3, 77, 93), image_sizes=[(77, 93), (70, 81)], original_sizes=[(154, 186), (70, 81)]
+        )
+    first, second = out.detections
+    assert (
+        first["boxes"].shape[1] == 4
+        and first["masks"].shape[1:] == (154, 186)
+        and second["masks"].shape[1:] == (70, 81)
+    )
+    assert len(first["boxes"]) == len(first["scores"]) == len(first["labels"]) == len(first["masks"]) > 0
+    assert first["labels"].min() >= 0 and first["labels"].max() < 3
+    assert (first["scores"][:-1] >= first["scores"][1:]).all()
+    assert (first["boxes"][:, 2] <= 186).all() and out.image_sizes.tolist() == [[154, 186], [70, 81]]
+
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    for auto in (AutoModelForInstanceSegmentation, AutoModelForObjectDetection):
+        loaded = auto.from_pretrained(tmp_path).eval()
+        assert isinstance(loaded, PaCaViTForInstanceSegmentation)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b = model(x).detections[0], loaded(x).detections[0]
+    torch.testing.assert_close(a["boxes"], b["boxes"])
+    torch.testing.assert_close(a["masks"], b["masks"])
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion and the visible mmdet fixture
+# --------------------------------------------------------------------------------------------
+def check_maskrcnn_fixture(reference: Path, name: str, output_dir: Path) -> dict:
+    """Convert fixture `name` with the CLI and compare FPN, RPN, proposals and detections; return the max errors."""
+    from torchvision.models.detection.image_list import ImageList
+
+    spec = json.loads((reference / f"{name}.json").read_text())
+    main(
+        [
+            "--task",
+            "instance-segmentation",
+            "--checkpoint",
+            str(reference / f"{name}.pth"),
+            "--original-config",
+            str(reference / f"{name}.json"),
+            "--output-dir",
+            str(output_dir),
+        ]
+    )
+    model = PaCaViTForInstanceSegmentation.from_pretrained(output_dir).eval()
+    expected = load_file(reference / f"{name}.safetensors")
+    x, tol = expected[spec["input_name"]], spec["tolerance"]
+    mask_logits = []
+    hook = model.detector.roi_heads.mask_predictor.register_forward_hook(
+        lambda m, i, o: mask_logits.append(o)
+    )
+    errors = {}
+
+    def compare(key, actual):
+        torch.testing.assert_close(actual, expected[key], **tol, msg=lambda m: f"{name}:{key}: {m}")
+        errors[key] = (actual - expected[key]).abs().max().item() if actual.numel() else 0.0
+
+    with torch.no_grad():
+        features = model.detector.backbone(x)
+        for i, level in enumerate(features.values()):
+            compare(f"neck.{i}", level)
+        objectness, deltas = model.detector.rpn.head(list(features.values()))
+        for i, (cls, reg) in enumerate(zip(objectness, deltas)):
+            compare(f"rpn_cls.{i}", cls)
+            compare(f"rpn_reg.{i}", reg)
+        proposals = model.detector.rpn(ImageList(x, [tuple(x.shape[-2:])]), features)[0][0]
+        detection = model(x).detections[0]
+    hook.remove()
+    # proposals as a set: every expected box has a converted one within tolerance (near-ties may reorder them)
+    ref_proposals = expected["rpn_proposals"][:, :4]
+    assert len(proposals) == len(ref_proposals)
+    nearest = torch.cdist(ref_proposals, proposals, p=float("inf")).min(dim=1).values
+    assert nearest.max() < tol["atol"] + tol["rtol"] * ref_proposals.abs().max(), nearest.max()
+    errors["rpn_proposals"] = nearest.max().item()
+    assert detection["labels"].tolist() == expected["det_labels"].tolist()
+    compare("det_bboxes", detection["boxes"])
+    compare("det_scores", detection["scores"])
+    compare("det_masks", (detection["masks"] >= model.config.mask_threshold).float())
+    logits = mask_logits[-1][torch.arange(len(detection["labels"])), detection["labels"] + 1]
+    compare("det_mask_logits", logits)
+    return errors
+
+
+@pytest.fixture(scope="module")
+def maskrcnn_fixture(request):
+    from conftest import reference_dir
+
+    path = reference_dir()
+    if path is None or not (path / "maskrcnn_visible.pth").exists():
+        pytest.skip(
+            "maskrcnn_visible fixture not found: set PACAVIT_REFERENCE_DIR (../shared/reference in the workspace)"
+        )
+    return path
+
+
+def test_visible_mmdet_fixture(maskrcnn_fixture, tmp_path):
+    errors = check_maskrcnn_fixture(maskrcnn_fixture, "maskrcnn_visible", tmp_path / "converted")
+    print("maskrcnn_visible max errors:", errors)
+    assert errors["det_masks"] == 0
+
+
+def _fixture_state_dict(reference: Path) -> tuple[dict, dict]:
+    checkpoint = torch.load(reference / "maskrcnn_visible.pth", weights_only=True)
+    return checkpoint, json.loads((reference / "maskrcnn_visible.json").read_text())
+
+
+def test_class_order_and_strictness(maskrcnn_fixture, tmp_path):
+    checkpoint, spec = _fixture_state_dict(maskrcnn_fixture)
+    sd = checkpoint["state_dict"]
+    num_classes = sd["roi_head.bbox_head.fc_cls.weight"].shape[0] - 1
+    assert (
+        mmdet_class_to_torchvision(num_classes, num_classes) == 0
+        and mmdet_class_to_torchvision(2, num_classes) == 3
+    )
+    model = convert_maskrcnn_checkpoint(checkpoint, tmp_path / "a", original_config=spec, verbose=False)
+    weights = model.state_dict()
+    cls = weights["detector.roi_heads.box_predictor.cls_score.weight"]
+    torch.testing.assert_close(
+        cls[3], sd["roi_head.bbox_head.fc_cls.weight"][2], rtol=0, atol=0
+    )  # class 2 -> row 3
+    torch.testing.assert_close(
+        cls[0], sd["roi_head.bbox_head.fc_cls.weight"][num_classes], rtol=0, atol=0
+    )  # bg
+    reg = weights["detector.roi_heads.box_predictor.bbox_pred.weight"]
+    torch.testing.assert_close(reg[12:16], sd["roi_head.bbox_head.fc_reg.weight"][8:12], rtol=0, atol=0)
+    assert reg[:4].abs().sum() == 0
+    logits = weights["detector.roi_heads.mask_predictor.mask_fcn_logits.weight"]
+    torch.testing.assert_close(logits[3], sd["roi_head.mask_head.conv_logits.weight"][2], rtol=0, atol=0)
+    assert model.config.id2label == {0: "c0", 1: "c1", 2: "c2", 3: "c3"}  # from meta.dataset_meta.classes
+
+    unknown = {"meta": {}, "state_dict": {**sd, "roi_head.mask_head.mystery.weight": torch.zeros(1)}}
+    with pytest.raises(ConversionError, match=r"roi_head\.mask_head\.mystery\.weight"):
+        convert_maskrcnn_checkpoint(unknown, tmp_path / "b", original_config=spec, verbose=False)
+    missing = {"meta": {}, "state_dict": {k: v for k, v in sd.items() if k != "rpn_head.rpn_conv.bias"}}
+    with pytest.raises(
+        ConversionError,
+        match=r"missing from the checkpoint \(1\): \['detector\.rpn\.head\.conv\.0\.0\.bias'\]",
+    ):
+        convert_maskrcnn_checkpoint(missing, tmp_path / "c", original_config=spec, verbose=False)
+    agnostic = {"meta": {}, "state_dict": {**sd, "roi_head.bbox_head.fc_reg.weight": torch.zeros(4, 48)}}
+    with pytest.raises(ConversionError, match="class-agnostic"):
+        convert_maskrcnn_checkpoint(agnostic, tmp_path / "d", original_config=spec, verbose=False)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mask_rcnn_pacavit_tiny_p2cconv_100_0_mstrain_480_800_1x_coco",
+        "mask_rcnn_pacavit_convmixer_tiny_100_0_mstrain_480_800_1x_coco",
+        "mask_rcnn_pacavit_small_p2cmlp_100_0_mstrain_480_800_1x_coco",
+    ],
+)
+def test_released_checkpoint_manifests(maskrcnn_fixture, name):
+    """Names, shapes and parameter counts of released checkpoints (meta tensors: no weights needed)."""
+    from pacavit.convert import check_against_model
+    from pacavit.convert_maskrcnn import build_maskrcnn_config, convert_maskrcnn_state_dict
+
+    path = maskrcnn_fixture / "manifests" / f"{name}.json"
+    if not path.exists():
+        pytest.skip(f"manifest {path} not found")
+    manifest = json.loads(path.read_text())
+    sd = {k: torch.empty(s, dtype=getattr(torch, d), device="meta") for k, s, d in manifest["keys"]}
+    config = build_maskrcnn_config(sd, original_config=manifest)
+    converted, report = convert_maskrcnn_state_dict(sd, config)
+    with torch.device("meta"):
+        model = PaCaViTForInstanceSegmentation(config)
+    check_against_model(converted, model)
+    assert report.mapped == len(sd) and not report.dropped
+    from torchvision.models._meta import _COCO_CATEGORIES
+
+    assert config.num_labels == 80 and config.fpn_hidden_size == 256
+    assert list(config.id2label.values()) == [
+        c for c in _COCO_CATEGORIES if c not in ("__background__", "N/A")
+    ]
+    # torchvision's extra background slot: 4 x 1024 + 4 box-regression and 256 + 1 mask-logit parameters
+    extra = 4 * config.box_head_hidden_size + 4 + config.mask_head_hidden_size + 1
+    assert sum(p.numel() for p in model.parameters()) == manifest["num_parameters"] + extra
+
+
+# --------------------------------------------------------------------------------------------
+# Processor and pipelines
+# --------------------------------------------------------------------------------------------
+def test_processor_resizes_like_mmdet():
+    from PIL import Image
+
+    processor = PaCaViTMaskRCNNImageProcessor()
+    assert processor.resized_size(480, 640) == (800, 1067)  # 1066.67 rounds up (torchvision floors to 1066)
+    assert processor.resized_size(427, 640) == (800, 1199)  # scale 800/427: 1199.06
+    assert processor.resized_size(300, 1000) == (400, 1333)  # the long side limits
+    image = Image.fromarray(np.full((48, 64, 3), 128, dtype=np.uint8))
+    annotation = {
+        "boxes": [[8, 4, 40, 36]],
+        "class_labels": [1],
+        "masks": np.ones((1, 48, 64), dtype=np.uint8),
+    }
+    batch = processor(image, annotations=annotation)
+    assert batch["pixel_values"].shape == (1, 3, 800, 1088)  # 800x1067 padded to a multiple of 32
+    assert batch["image_sizes"].tolist() == [[800, 1067]] and batch["original_sizes"].tolist() == [[48, 64]]
+    assert (
+        batch["pixel_values"][0, :, 800:, :].abs().sum() == 0
+        and batch["pixel_values"][0, :, :, 1067:].abs().sum() == 0
+    )
+    torch.testing.assert_close(batch["pixel_values"][0, 0, 0, 0], torch.tensor((128 - 123.675) / 58.395))
+    label = batch["labels"][0]
+    torch.testing.assert_close(
+        label["boxes"], torch.tensor([[8 * 1067 / 64, 4 * 800 / 48, 40 * 1067 / 64, 36 * 800 / 48]])
+    )
+    assert label["masks"].shape == (1, 800, 1067)
+
+
+def test_both_pipelines_on_a_pil_image(tmp_path):
+    from PIL import Image
+    from transformers import pipeline
+
+    model = tiny_model(box_score_threshold=0.0)
+    model.save_pretrained(tmp_path)
+    PaCaViTMaskRCNNImageProcessor(size={"shortest_edge": 96, "longest_edge": 160}).save_pretrained(tmp_path)
+    image = Image.fromarray((np.random.default_rng(0).random((75, 110, 3)) * 255).astype(np.uint8))
+    # trust_remote_code=False: use the installed package (else transformers asks whether to run the folder's copy)
+    detections = pipeline("object-detection", model=str(tmp_path), trust_remote_code=False)(
+        image, threshold=0.0
+    )
+    assert detections and {d["label"] for d in detections} <= {"cat", "dog", "bird"}
+    assert all(
+        0 <= d["box"]["xmin"] <= d["box"]["xmax"] <= 110 and d["box"]["ymax"] <= 75 for d in detections
+    )
+    segments = pipeline(
+        "image-segmentation", model=str(tmp_path), subtask="instance", trust_remote_code=False
+    )(image, threshold=0.0)
+    assert segments and all(
+        s["mask"].size == (110, 75) and s["label"] in {"cat", "dog", "bird"} for s in segments
+    )
+    assert all(np.asarray(s["mask"]).max() == 255 for s in segments)
+
+
+def test_remote_code_folder_loads_without_the_package(tmp_path):
+    """A saved folder carries its code: it loads with trust_remote_code in a process that never imports pacavit."""
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "m")
+    PaCaViTMaskRCNNImageProcessor().save_pretrained(tmp_path / "m")
+    script = (
+        "import sys, torch; from transformers import AutoModelForObjectDetection, AutoImageProcessor\n"
+        f"m = AutoModelForObjectDetection.from_pretrained({str(tmp_path / 'm')!r}, trust_remote_code=True).eval()\n"
+        f"p = AutoImageProcessor.from_pretrained({str(tmp_path / 'm')!r}, trust_remote_code=True)\n"
+        "assert 'pacavit' not in sys.modules, 'the package was imported'\n"
+        "print(type(m).__module__, type(p).__name__, len(m(torch.randn(1, 3, 64, 64)).detections))\n"
+    )
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "PATH": "/usr/bin:/bin",
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "transformers_modules" in result.stdout and "PaCaViTMaskRCNNImageProcessor" in result.stdout
+
+
+def test_torchvision_is_a_soft_dependency(monkeypatch):
+    """The module imports without torchvision (its imports sit in a try block, so transformers' remote-code import
+    check does not demand it); building the model then names the extra to install."""
+    import pacavit.modeling_pacavit_maskrcnn as module
+
+    source = Path(module.__file__).read_text()
+    assert "\nimport torchvision" not in source and "\nfrom torchvision" not in source  # only inside `try:`
+    monkeypatch.setattr(module, "_TORCHVISION_AVAILABLE", False)
+    with pytest.raises(ImportError, match=r"pip install 'pacavit\[detection\]'"):
+        tiny_model()
