@@ -47,9 +47,8 @@ def _manifest(path):
     return manifest, manifest["checkpoint_file"]
 
 
-# Tasks whose converters are committed; the segmentation (issue 9) and Mask R-CNN (issue 10) ones join when
-# their models land.
-CONVERTED_TASKS = ("image-classification", "backbone")
+# Tasks whose converters are in pacavit; the Mask R-CNN one (issue 10) joins when its model lands.
+CONVERTED_TASKS = ("image-classification", "backbone", "semantic-segmentation")
 
 
 def _require_task(task: str) -> None:
@@ -86,7 +85,13 @@ def test_convert_by_name_meta(path):
     _require_task(parsed.task)
     state_dict = convert.extract_state_dict(fake_checkpoint(manifest, device="meta"))
     backbone, _ = convert._split_prefix(state_dict)
-    config = convert.build_config(backbone, parsed.task, preset=parsed.preset)
+    if parsed.task == "semantic-segmentation":
+        from pacavit.convert_segmentation import build_segmentation_config
+
+        config = build_segmentation_config(state_dict, parsed.preset, None)
+        assert config.decode_head_type == decode_head_type(state_dict)
+    else:
+        config = convert.build_config(backbone, parsed.task, preset=parsed.preset)
     converted, report = convert.convert_state_dict(state_dict, config, parsed.task)
     auto = getattr(transformers, AUTO_CLASS[parsed.task])
     with torch.device("meta"):

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from .configuration_pacavit import PRESETS, resolve_preset_name
 
 IMAGE_CLASSIFICATION = "image-classification"
@@ -197,8 +199,8 @@ def convert_by_name(
             raise CheckpointNameError("A loaded checkpoint has no file name: pass checkpoint_name.")
         checkpoint_name = str(checkpoint)
     parsed = parse_checkpoint_name(checkpoint_name)
-    if not isinstance(checkpoint, dict):
-        checkpoint = convert.load_original_checkpoint(checkpoint, use_ema=use_ema)
+    if not isinstance(checkpoint, dict):  # loaded once; the converters take the whole dict (mmengine `meta` too)
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state_dict = convert.extract_state_dict(checkpoint, use_ema=use_ema)
     backbone, _ = convert._split_prefix(state_dict)
     from .configuration_pacavit import PaCaViTConfig
@@ -210,7 +212,9 @@ def convert_by_name(
         if parsed.note:
             print(f"note: {parsed.note}")
     task = task or parsed.task
-    return convert.convert_checkpoint(state_dict, output_dir, task=task, preset=parsed.preset, verbose=verbose)
+    return convert.convert_checkpoint(
+        checkpoint, output_dir, task=task, preset=parsed.preset, use_ema=use_ema, verbose=verbose
+    )
 
 
 __all__ = [
