@@ -1,11 +1,12 @@
-"""Tests of examples/run_classification.py (and pacavit.data): default run, resume, DDP, recipe, data errors.
+"""Tests of examples/run_classification.py (end to end, as subprocesses) and of the library code it runs
+(`pacavit.training.classification`, `pacavit.training`, `pacavit.data`, `pacavit.hub`): default run, resume,
+DDP, recipe, data errors.
 
 The subprocess tests train tiny models for a few steps; they are marked `slow` but run in the default suite.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,12 +14,30 @@ import signal
 import subprocess
 import sys
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from pacavit.data import drop_corrupt_images
+from pacavit.hub import hub_preflight
+from pacavit.training import (
+    TRAINING_STATE,
+    build_optimizer,
+    build_scheduler,
+    find_latest_checkpoint,
+    global_batch_size,
+    list_checkpoints,
+    scale_learning_rates,
+)
+from pacavit.training.classification import (
+    build_criterion,
+    build_image_processor,
+    build_mixup,
+    build_train_transform,
+    parse_args,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -77,38 +96,18 @@ def subprocess_env(**extra) -> dict:
 
 
 def run_script(
-    args: list[str], launcher: list[str] | None = None, timeout: int = 300, **env
+    args: list[str], launcher: list[str] | None = None, timeout: int = 300, check: bool = True, **env
 ) -> subprocess.CompletedProcess:
     command = (launcher or [sys.executable]) + [str(SCRIPT)] + args
     result = subprocess.run(
         command, cwd=REPO, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout
     )
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(command)} failed ({result.returncode}):\n"
             f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
         )
     return result
-
-
-@pytest.fixture(scope="module")
-def rc():
-    """The example script imported as a module (its recipe functions are unit-tested directly)."""
-    spec = importlib.util.spec_from_file_location("run_classification", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture()
-def fresh_accelerate_state():
-    """In-process runs of the script create an Accelerator; reset accelerate's singletons afterwards so that
-    later tests in this process can build one with other settings."""
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def load_safetensors(path: Path) -> dict:
@@ -175,7 +174,7 @@ def imagefolder_with_corrupt_image(tmp_path):
     return tmp_path, bad
 
 
-def test_corrupt_image_is_named_or_skipped(imagefolder_with_corrupt_image, rc):
+def test_corrupt_image_is_named_or_skipped(imagefolder_with_corrupt_image):
     import datasets
 
     from pacavit.data import CorruptImageError, ImageClassificationDataset, find_corrupt_images
@@ -188,8 +187,8 @@ def test_corrupt_image_is_named_or_skipped(imagefolder_with_corrupt_image, rc):
     assert "broken.png" in message and f"index {index}" in message
 
     with pytest.raises(ValueError, match="broken.png"):
-        rc.drop_corrupt_images(train, "image", "train", skip=False)
-    kept, dropped = rc.drop_corrupt_images(train, "image", "train", skip=True)
+        drop_corrupt_images(train, "image", "train", skip=False)
+    kept, dropped = drop_corrupt_images(train, "image", "train", skip=True)
     assert len(dropped) == 1 and "broken.png" in dropped[0] and len(kept) == len(train) - 1
 
     # without a check up front, the loader names the file when it reaches it
@@ -199,9 +198,7 @@ def test_corrupt_image_is_named_or_skipped(imagefolder_with_corrupt_image, rc):
 
 
 @pytest.mark.slow
-def test_script_fails_naming_corrupt_file_or_skips_it(
-    imagefolder_with_corrupt_image, rc, tmp_path, fresh_accelerate_state
-):
+def test_script_fails_naming_corrupt_file_or_skips_it(imagefolder_with_corrupt_image, tmp_path):
     root, _ = imagefolder_with_corrupt_image
     common = [
         "--train_dir",
@@ -214,9 +211,11 @@ def test_script_fails_naming_corrupt_file_or_skips_it(
         "--max_train_steps",
         "2",
     ]
-    with pytest.raises(ValueError, match="broken.png"):
-        rc.main([*common, "--verify_images", "--output_dir", str(tmp_path / "fail")])
-    results = rc.main([*common, "--skip_corrupt_images", "--output_dir", str(tmp_path / "skip")])
+    failed = run_script([*common, "--verify_images", "--output_dir", str(tmp_path / "fail")], check=False)
+    assert failed.returncode != 0
+    assert "ValueError: 1 unreadable image(s)" in failed.stderr and "broken.png" in failed.stderr
+    run_script([*common, "--skip_corrupt_images", "--output_dir", str(tmp_path / "skip")])
+    results = json.loads((tmp_path / "skip" / "all_results.json").read_text())
     assert results["skipped_corrupt_images"] == {"train": 1, "validation": 0}
     assert results["train_samples"] == 16
     saved = json.loads((tmp_path / "skip" / "config.json").read_text())
@@ -226,8 +225,8 @@ def test_script_fails_naming_corrupt_file_or_skips_it(
 # ============================================================================================
 # Recipe knobs reach the optimizer and the schedule
 # ============================================================================================
-def test_paper_recipe_flags_and_overrides(rc):
-    args = rc.parse_args(["--recipe", "paper_in1k"])
+def test_paper_recipe_flags_and_overrides():
+    args = parse_args(["--recipe", "paper_in1k"])
     assert (args.opt_eps, list(args.opt_betas), args.weight_decay) == (1e-8, [0.9, 0.999], 0.05)
     assert (args.lr_base, args.lr_base_size, args.min_lr_base, args.warmup_lr_base) == (5e-4, 512, 5e-6, 5e-7)
     assert (args.lr_scheduler_type, args.warmup_epochs, args.num_train_epochs) == ("cosine", 5.0, 300)
@@ -237,23 +236,23 @@ def test_paper_recipe_flags_and_overrides(rc):
     assert (args.mixup, args.cutmix, args.mixup_switch_prob, args.smoothing) == (0.8, 1.0, 0.5, 0.1)
     assert args.drop_path_rate is None  # -> the preset's own rate
     # an explicit flag beats the recipe; the default recipe is the digits one
-    assert rc.parse_args(["--recipe", "paper_in1k", "--mixup", "0", "--aa", "none"]).mixup == 0.0
-    assert rc.parse_args(["--recipe", "paper_in1k", "--aa", "none"]).auto_augment is None
-    assert rc.parse_args([]).image_size == 32
+    assert parse_args(["--recipe", "paper_in1k", "--mixup", "0", "--aa", "none"]).mixup == 0.0
+    assert parse_args(["--recipe", "paper_in1k", "--aa", "none"]).auto_augment is None
+    assert parse_args([]).image_size == 32
 
 
-def test_learning_rate_scaling_arithmetic(rc):
+def test_learning_rate_scaling_arithmetic():
     # the paper: 128 images x 8 GPUs -> lr 5e-4 * 1024 / 512 = 1e-3, min/warmup scaled alike
-    batch = rc.global_batch_size(128, 8, 1)
+    batch = global_batch_size(128, 8, 1)
     assert batch == 1024
-    lrs = rc.scale_learning_rates(5e-4, 5e-6, 5e-7, batch, 512, "linear")
+    lrs = scale_learning_rates(5e-4, 5e-6, 5e-7, batch, 512, "linear")
     assert lrs["lr"] == pytest.approx(1e-3) and lrs["min_lr"] == pytest.approx(1e-5)
     assert lrs["warmup_lr"] == pytest.approx(1e-6)
     # gradient accumulation counts: 64 x 2 processes x 4 steps = 512 -> the base lr
-    assert rc.global_batch_size(64, 2, 4) == 512
-    assert rc.scale_learning_rates(5e-4, 5e-6, 5e-7, 512)["lr"] == pytest.approx(5e-4)
-    assert rc.scale_learning_rates(5e-4, 5e-6, 5e-7, 2048, 512, "sqrt")["lr"] == pytest.approx(1e-3)
-    absolute = rc.scale_learning_rates(5e-4, 5e-6, 5e-7, 1024, learning_rate=2e-3)
+    assert global_batch_size(64, 2, 4) == 512
+    assert scale_learning_rates(5e-4, 5e-6, 5e-7, 512)["lr"] == pytest.approx(5e-4)
+    assert scale_learning_rates(5e-4, 5e-6, 5e-7, 2048, 512, "sqrt")["lr"] == pytest.approx(1e-3)
+    absolute = scale_learning_rates(5e-4, 5e-6, 5e-7, 1024, learning_rate=2e-3)
     assert absolute["lr"] == 2e-3 and absolute["min_lr"] == pytest.approx(2e-5)
 
 
@@ -272,10 +271,10 @@ def tiny_model(num_labels=10):
     return PaCaViTForImageClassification(config)
 
 
-def test_optimizer_no_decay_on_norms_biases_and_paper_adamw_settings(rc):
+def test_optimizer_no_decay_on_norms_biases_and_paper_adamw_settings():
     model = tiny_model()
-    args = rc.parse_args(["--recipe", "paper_in1k"])
-    optimizer = rc.build_optimizer(model, args, lr=1e-3)
+    args = parse_args(["--recipe", "paper_in1k"])
+    optimizer = build_optimizer(model, args, lr=1e-3)
     assert isinstance(optimizer, torch.optim.AdamW)
     decay_of = {}
     for group in optimizer.param_groups:
@@ -291,10 +290,10 @@ def test_optimizer_no_decay_on_norms_biases_and_paper_adamw_settings(rc):
     assert decay_of[id(names["pacavit.stages.0.layers.0.attention.query.weight"])] == 0.05
 
 
-def test_layer_wise_lr_decay_groups_and_scheduler_applies_scales(rc):
+def test_layer_wise_lr_decay_groups_and_scheduler_applies_scales():
     model = tiny_model()
-    args = rc.parse_args(["--layer_decay", "0.5", "--weight_decay", "0.05"])
-    optimizer = rc.build_optimizer(model, args, lr=1e-3)
+    args = parse_args(["--layer_decay", "0.5", "--weight_decay", "0.05"])
+    optimizer = build_optimizer(model, args, lr=1e-3)
     scale_of = {id(p): g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
     names = dict(model.named_parameters())
     num_blocks = 5  # depths 1 + 2 + 1 + 1
@@ -311,7 +310,7 @@ def test_layer_wise_lr_decay_groups_and_scheduler_applies_scales(rc):
     # a stage's downsampling goes with its first block
     assert scale_of[id(names["pacavit.stages.1.downsample.projection.weight"])] == second
     lrs = dict(lr=1e-3, min_lr=1e-5, warmup_lr=1e-6)
-    scheduler = rc.build_scheduler(optimizer, args, lrs, updates_per_epoch=10, total_updates=100)
+    scheduler = build_scheduler(optimizer, args, lrs, updates_per_epoch=10, total_updates=100)
     scheduler.step_update(50)
     for group in optimizer.param_groups:
         assert group["lr"] == pytest.approx(
@@ -319,13 +318,13 @@ def test_layer_wise_lr_decay_groups_and_scheduler_applies_scales(rc):
         )
 
 
-def test_cosine_schedule_with_warmup_in_updates(rc):
+def test_cosine_schedule_with_warmup_in_updates():
     model = tiny_model()
-    args = rc.parse_args(["--recipe", "paper_in1k"])
-    lrs = rc.scale_learning_rates(args.lr_base, args.min_lr_base, args.warmup_lr_base, 1024)
-    optimizer = rc.build_optimizer(model, args, lrs["lr"])
+    args = parse_args(["--recipe", "paper_in1k"])
+    lrs = scale_learning_rates(args.lr_base, args.min_lr_base, args.warmup_lr_base, 1024)
+    optimizer = build_optimizer(model, args, lrs["lr"])
     updates_per_epoch, total = 10, 300 * 10
-    scheduler = rc.build_scheduler(optimizer, args, lrs, updates_per_epoch, total)
+    scheduler = build_scheduler(optimizer, args, lrs, updates_per_epoch, total)
 
     def lr_at(update):
         scheduler.step_update(update)
@@ -343,12 +342,12 @@ def test_cosine_schedule_with_warmup_in_updates(rc):
     assert all(a > b for a, b in zip(values, values[1:]))
 
 
-def test_paper_recipe_augmentation_mixup_and_losses(rc):
+def test_paper_recipe_augmentation_mixup_and_losses():
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-    paper = rc.parse_args(["--recipe", "paper_in1k"])
-    mixup = rc.build_mixup(paper, 1000)
+    paper = parse_args(["--recipe", "paper_in1k"])
+    mixup = build_mixup(paper, 1000)
     assert isinstance(mixup, Mixup)
     assert (mixup.mixup_alpha, mixup.cutmix_alpha, mixup.switch_prob, mixup.label_smoothing) == (
         0.8,
@@ -356,20 +355,20 @@ def test_paper_recipe_augmentation_mixup_and_losses(rc):
         0.5,
         0.1,
     )
-    assert isinstance(rc.build_criterion(paper, mixup), SoftTargetCrossEntropy)
-    transform = repr(rc.build_train_transform(paper))
+    assert isinstance(build_criterion(paper, mixup), SoftTargetCrossEntropy)
+    transform = repr(build_train_transform(paper))
     assert "RandomResizedCropAndInterpolation" in transform and "bicubic" in transform
     assert "RandAugment" in transform and "RandomErasing" in transform and "pixel" in transform.lower()
 
-    digits = rc.parse_args([])
-    assert rc.build_mixup(digits, 10) is None
-    assert isinstance(rc.build_criterion(digits, None), LabelSmoothingCrossEntropy)
-    digits_transform = repr(rc.build_train_transform(digits))  # a mild crop of the digit, no flip, no colour
+    digits = parse_args([])
+    assert build_mixup(digits, 10) is None
+    assert isinstance(build_criterion(digits, None), LabelSmoothingCrossEntropy)
+    digits_transform = repr(build_train_transform(digits))  # a mild crop of the digit, no flip, no colour
     assert "RandomResizedCropAndInterpolation(size=(32, 32), scale=(0.8, 1.0)" in digits_transform
     assert "Flip" not in digits_transform and "ColorJitter" not in digits_transform
-    assert rc.build_train_transform(rc.parse_args(["--train_augmentation", "none"])) is None
+    assert build_train_transform(parse_args(["--train_augmentation", "none"])) is None
 
-    processor = rc.build_image_processor(paper)
+    processor = build_image_processor(paper)
     from PIL import Image
 
     out = processor(images=[Image.new("RGB", (400, 300))], return_tensors="pt")["pixel_values"]
@@ -378,13 +377,11 @@ def test_paper_recipe_augmentation_mixup_and_losses(rc):
 
 
 @pytest.mark.slow
-def test_paper_recipe_runs_with_accumulation_layer_decay_checkpointing_and_tensorboard(
-    rc, tmp_path, fresh_accelerate_state
-):
+def test_paper_recipe_runs_with_accumulation_layer_decay_checkpointing_and_tensorboard(tmp_path):
     """The full paper recipe path (RandAugment, random erasing, mixup/cutmix + soft-target CE, channels_last)
     plus accumulation, layer decay, EMA, activation checkpointing and TensorBoard, for 2 updates."""
     out = tmp_path / "paper"
-    results = rc.main(
+    run_script(
         [
             "--recipe",
             "paper_in1k",
@@ -408,6 +405,7 @@ def test_paper_recipe_runs_with_accumulation_layer_decay_checkpointing_and_tenso
             str(out),
         ]
     )
+    results = json.loads((out / "all_results.json").read_text())
     assert results["completed_steps"] == 2 and results["global_batch_size"] == 16
     assert results["peak_lr"] == pytest.approx(5e-4 * 16 / 512)
     assert list(out.rglob("events.out.tfevents*")), "no TensorBoard event file"
@@ -415,24 +413,23 @@ def test_paper_recipe_runs_with_accumulation_layer_decay_checkpointing_and_tenso
     assert "rand-m9-mstd0.5-inc1" in card and "EMA of the weights" in card
 
 
-def test_find_latest_checkpoint_uses_step_count_not_names(rc, tmp_path):
-    assert rc.find_latest_checkpoint(tmp_path) is None
+def test_find_latest_checkpoint_uses_step_count_not_names(tmp_path):
+    assert find_latest_checkpoint(tmp_path) is None
     for name, steps in (("step_2", 2), ("step_10", 10), ("epoch_0", 5)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / rc.TRAINING_STATE).write_text(json.dumps({"completed_steps": steps}))
+        (tmp_path / name / TRAINING_STATE).write_text(json.dumps({"completed_steps": steps}))
     (tmp_path / ".tmp_step_12").mkdir()  # an interrupted save is never picked
     (tmp_path / "step_11").mkdir()  # no training state: not a complete checkpoint
-    assert rc.find_latest_checkpoint(tmp_path).name == "step_10"
-    assert [p.name for _, p in rc.list_checkpoints(tmp_path)] == ["step_2", "epoch_0", "step_10"]
+    assert find_latest_checkpoint(tmp_path).name == "step_10"
+    assert [p.name for _, p in list_checkpoints(tmp_path)] == ["step_2", "epoch_0", "step_10"]
 
 
-def test_push_to_hub_fails_clearly_when_offline(rc, monkeypatch, tmp_path):
+def test_push_to_hub_fails_clearly_when_offline(monkeypatch, tmp_path):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    args = Namespace(hub_model_id="me/model", output_dir=str(tmp_path), hub_token=None, hub_private=False)
     with pytest.raises(SystemExit, match="offline mode is on.*HF_HUB_OFFLINE"):
-        rc.hub_preflight(args)
+        hub_preflight(str(tmp_path), repo_id="me/model", token=None, private=False)
 
 
 # ============================================================================================

@@ -44,7 +44,9 @@ def test_sigterm_is_remembered_until_the_loop_checks():
         assert stop.requested(one_process) and stop.received == signal.SIGTERM
         ended = []
         with pytest.raises(SystemExit) as exit_info:
-            stop.exit(SimpleNamespace(end_training=lambda: ended.append(True)), "step_5")
+            stop.exit(
+                SimpleNamespace(is_main_process=True, end_training=lambda: ended.append(True)), "step_5"
+            )
         assert exit_info.value.code == 143 and ended == [True]
     finally:
         stop.close()
@@ -70,7 +72,7 @@ def test_epoch_batches_resume_mid_epoch_replays_batches_and_step_seeds(fresh_acc
 
 
 def test_progress_records_history_and_logs_every_n_updates(caplog):
-    accelerator = SimpleNamespace(is_local_main_process=False, log=None)
+    accelerator = SimpleNamespace(is_local_main_process=False, is_main_process=True, log=None)
     progress = TrainingProgress(accelerator, total_steps=5, logging_steps=2)
     with caplog.at_level("INFO", logger="pacavit.training.loop"):
         for step in range(1, 6):

@@ -89,6 +89,18 @@ def recipe_section(command: str, recipe: Mapping) -> dict[str, str]:
     return {"Training recipe": f"`{command}`\n\n{markdown_table(recipe)}"}
 
 
+def architecture_section(preset: str, config, num_parameters: int, overrides: Mapping | None = None) -> dict:
+    """The "Architecture" section: the PaCa-ViT preset, its overrides and the backbone's shape."""
+    note = f" with overrides {dict(overrides)}" if overrides else ""
+    return {
+        "Architecture": (
+            f"Preset `{preset}`{note}: hidden sizes {config.hidden_sizes}, depths {config.depths},\n"
+            f"attention heads {config.num_attention_heads}, clusters {config.num_clusters},\n"
+            f"drop-path {config.drop_path_rate};\n{num_parameters / 1e6:.2f} M parameters."
+        )
+    }
+
+
 def hardware_section(hardware: str, wall_time_s: float, train_time_s: float, completed_steps: int) -> dict:
     """The "Hardware and time" section (see `pacavit.training.hardware_description`)."""
     return {

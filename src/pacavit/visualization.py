@@ -36,12 +36,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 if TYPE_CHECKING:
     from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# transformers' constants: the package's one source for the ImageNet normalisation
+IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)
+IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)
 
 RANK_BY = ("attention", "area", "entropy")
 

@@ -7,6 +7,7 @@ from .classification import (
     DIGITS_DESCRIPTION,
     DIGITS_NAME,
     ImageClassificationDataset,
+    build_eval_image_processor,
     digits_to_pil,
     load_digits_dataset,
     split_train_validation,
@@ -15,9 +16,12 @@ from .common import (
     CorruptImageError,
     decode_image,
     describe_image_source,
+    drop_corrupt_images,
     find_corrupt_images,
+    pick_column,
     sample_seed,
     seed_everything_from,
+    select_splits,
 )
 
 __all__ = [
@@ -25,12 +29,16 @@ __all__ = [
     "DIGITS_NAME",
     "CorruptImageError",
     "ImageClassificationDataset",
+    "build_eval_image_processor",
     "decode_image",
     "describe_image_source",
     "digits_to_pil",
+    "drop_corrupt_images",
     "find_corrupt_images",
+    "pick_column",
     "load_digits_dataset",
     "sample_seed",
     "seed_everything_from",
+    "select_splits",
     "split_train_validation",
 ]

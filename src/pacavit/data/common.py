@@ -1,5 +1,6 @@
 """Data helpers shared by every task: reading images with errors that name the failing file, and seeds that
-make per-sample augmentation independent of loading order, process count and resume point.
+make per-sample augmentation independent of loading order, process count and resume point; choosing
+columns and train/validation splits of a 🤗 dataset.
 """
 
 from __future__ import annotations
@@ -91,3 +92,73 @@ def seed_everything_from(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.random.default_generator.manual_seed(seed)
+
+
+def drop_corrupt_images(dataset, image_column: str, split: str, skip: bool):
+    """Check every image. Fail naming the unreadable ones, or (`skip=True`) drop them.
+
+    Returns `(dataset, messages)`, one message (naming the file and index) per dropped image."""
+    bad = find_corrupt_images(dataset, image_column, split)
+    if not bad:
+        return dataset, []
+    if not skip:
+        listing = "\n  ".join(message for _, message in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise ValueError(f"{len(bad)} unreadable image(s) in the {split!r} split:\n  {listing}{more}")
+    bad_indices = {i for i, _ in bad}
+    keep = [i for i in range(len(dataset)) if i not in bad_indices]
+    return dataset.select(keep), [message for _, message in bad]
+
+
+# --------------------------------------------------------------------------------------------
+# Columns and splits
+# --------------------------------------------------------------------------------------------
+VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "test")
+
+
+def pick_column(names: list[str], requested: str | None, candidates: tuple[str, ...], what: str) -> str:
+    """The column to use for `what` ("image", "label", ...): `requested` (checked), else the first of
+    `candidates` present; the error names the flag `--<what>_column_name`."""
+    if requested is not None:
+        if requested not in names:
+            raise ValueError(f"--{what}_column_name {requested!r} is not a column; columns: {names}")
+        return requested
+    for name in candidates:
+        if name in names:
+            return name
+    raise ValueError(f"Cannot find the {what} column among {names}; pass --{what}_column_name.")
+
+
+def select_splits(
+    splits: dict,
+    train_split: str = "train",
+    validation_split: str | None = None,
+    held_out_fraction: float = 0.15,
+    seed: int = 42,
+    split_fn=None,
+) -> tuple[dict, str | None]:
+    """`{"train": ..., "validation": ...}` from a dataset's splits.
+
+    The evaluation split is `validation_split`, else the first of 'validation', 'valid', 'val', 'test'; when
+    there is none, `split_fn(train, held_out_fraction, seed)` holds out part of the train split (returns a
+    `{"train", "validation"}` mapping; e.g. a stratified split). Returns the splits and a note describing the
+    hold-out (None when the dataset had an evaluation split)."""
+    out = {}
+    if train_split in splits:
+        out["train"] = splits[train_split]
+    name = validation_split
+    if name is None:
+        name = next((n for n in VALIDATION_SPLIT_NAMES if n in splits and n != train_split), None)
+    if name is not None:
+        if name not in splits:
+            raise ValueError(f"Split {name!r} not found; splits: {list(splits)}")
+        out["validation"] = splits[name]
+    if "validation" in out:
+        return out, None
+    if "train" not in out:
+        raise ValueError(f"No train or validation split found; splits: {list(splits)}")
+    if split_fn is None:
+        raise ValueError(f"No evaluation split among {list(splits)}; pass --validation_split.")
+    return dict(split_fn(out["train"], held_out_fraction, seed)), (
+        f"{held_out_fraction:.0%} of the train split held out"
+    )

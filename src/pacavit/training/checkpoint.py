@@ -121,10 +121,13 @@ def resume_position(completed_steps: int, updates_per_epoch: int, gradient_accum
     return epoch, (completed_steps % updates_per_epoch) * gradient_accumulation_steps
 
 
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resuming: bool) -> None:
+def check_output_dir(
+    output_dir: str | os.PathLike, overwrite: bool, resuming: bool, remove_stale: bool = True
+) -> None:
     """Refuse to train into a folder that already holds a run (its results, weights or checkpoints), unless
-    resuming it or `overwrite` (then its checkpoints are deleted, so `latest` and rotation see only the new
-    run's). Raises FileExistsError saying what to do."""
+    resuming it or `overwrite` (then, with `remove_stale`, its checkpoints are deleted, so `latest` and
+    rotation see only the new run's). Raises FileExistsError saying what to do. Call on every process, with
+    `remove_stale=accelerator.is_main_process`, so that every process fails alike."""
     root = Path(output_dir)
     if resuming or not root.is_dir():
         return
@@ -140,5 +143,6 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resuming: b
             f"--output_dir {str(root)!r} already holds a run ({found}). Pass --overwrite_output_dir to "
             "replace it, --resume_from_checkpoint latest to continue it, or another --output_dir."
         )
-    for name in checkpoints:
-        shutil.rmtree(root / name, ignore_errors=True)
+    if remove_stale:
+        for name in checkpoints:
+            shutil.rmtree(root / name, ignore_errors=True)

@@ -25,6 +25,8 @@ import torch
 from ..data.common import sample_seed, seed_everything_from
 from ..utils import require
 
+# Plain logging, gated on the main process where it matters (accelerate's get_logger needs an initialised
+# accelerate state even to be constructed into a message, which unit tests and tools do not always have).
 logger = logging.getLogger(__name__)
 
 STEP_SEED_SALT = 1_000_003  # keeps per-step seeds apart from the per-sample seeds (seed, epoch, index)
@@ -94,10 +96,11 @@ class StopOnSignal:
         return flag
 
     def exit(self, accelerator, checkpoint: Path) -> None:
-        logger.warning(
-            f"Stopped on request; resumable checkpoint {checkpoint}. Continue with "
-            "--resume_from_checkpoint latest."
-        )
+        if accelerator.is_main_process:
+            logger.warning(
+                f"Stopped on request; resumable checkpoint {checkpoint}. Continue with "
+                "--resume_from_checkpoint latest."
+            )
         self.close()
         accelerator.end_training()
         raise SystemExit(EXIT_INTERRUPTED)
@@ -170,10 +173,11 @@ class TrainingProgress:
                 "epoch": epoch,
                 "images_per_s": self._window_images / max(elapsed, 1e-9),
             }
-            logger.info(
-                f"step {step}/{self.total_steps}: loss {record['train_loss']:.4f} lr {lr:.3e} "
-                f"{record['images_per_s']:.0f} img/s"
-            )
+            if self.accelerator.is_main_process:
+                logger.info(
+                    f"step {step}/{self.total_steps}: loss {record['train_loss']:.4f} lr {lr:.3e} "
+                    f"{record['images_per_s']:.0f} img/s"
+                )
             if self.with_tracking:
                 self.accelerator.log(record, step=step)
             self._window_loss, self._window_images, self._window_start = 0.0, 0, time.time()
@@ -181,7 +185,10 @@ class TrainingProgress:
     def log_eval(self, record: dict, step: int) -> None:
         """Log the `eval_*` entries of an evaluation record (and send them to the trackers)."""
         values = {k: v for k, v in record.items() if k.startswith("eval_")}
-        logger.info(f"epoch {record.get('epoch')}: " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        if self.accelerator.is_main_process:
+            logger.info(
+                f"epoch {record.get('epoch')}: " + "  ".join(f"{k} {v:.4g}" for k, v in values.items())
+            )
         if self.with_tracking:
             self.accelerator.log(values, step=step)
 
