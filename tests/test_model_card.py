@@ -1,4 +1,4 @@
-"""pacavit.model_card: the model-index block is filled from the task's metrics; sections come from the caller."""
+"""pacavit.model_card: the model-index block comes from the task's metrics; the sections from the caller."""
 
 from __future__ import annotations
 
