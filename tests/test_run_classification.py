@@ -586,6 +586,47 @@ def test_sigkill_after_checkpoint_then_resume_latest_is_bitwise_equal(tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path):
+    """SIGTERM (a scheduler's notice before a kill) ends the run after the current update, with a complete
+    checkpoint at that update (the output-folder guard and resume are tested in test_training_checkpoint.py
+    and by the SIGKILL test)."""
+    out = tmp_path / "run"
+    args = [*TINY, "--max_train_samples", "128", "--per_device_train_batch_size", "16", "--num_threads", "1"]
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        *args,
+        "--max_train_steps",
+        "100000",
+        "--checkpointing_steps",
+        "3",
+    ]
+    process = subprocess.Popen(
+        [*command, "--output_dir", str(out)],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while not list(out.glob("step_*/training_state.json")):  # the loop (and its handler) is running
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()[-3000:]
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Stopped on request; resumable checkpoint" in stderr
+    latest = find_latest_checkpoint(out)
+    state = json.loads((latest / TRAINING_STATE).read_text())
+    assert (
+        latest.name == f"step_{state['completed_steps']}"
+        and len(state["history"]) == state["completed_steps"]
+    )
+    assert not (out / "model.safetensors").exists() and not list(out.glob(".tmp_*"))
+
+
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process_with_same_global_batch(tmp_path):
     common = [
         *TINY,
