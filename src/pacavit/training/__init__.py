@@ -24,6 +24,10 @@ Modules
                   lines, tracking, history), `init_tracking`, `write_run_files` (all_results.json,
                   train_log.json), `process_ranks`, `json_default`.
 
+Per task: `classification` -- the image-classification recipes ("digits", "paper_in1k"), the flags of
+`examples/run_classification.py` and its timm augmentation / mixup / loss builders, importable so that the
+tests reach them without loading the script.
+
 Related, outside this sub-package: `pacavit.data.common` (image decoding with errors naming the file,
 per-sample seeds), `pacavit.model_card` (README.md with a model-index block), `pacavit.hub`
 (`hub_preflight`, `push_folder`), `pacavit.utils.require` (optional imports naming the pip extra).

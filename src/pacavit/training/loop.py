@@ -25,8 +25,8 @@ import torch
 from ..data.common import sample_seed, seed_everything_from
 from ..utils import require
 
-# Plain logging, gated on the main process where it matters (accelerate's get_logger needs an initialised
-# accelerate state even to be constructed into a message, which unit tests and tools do not always have).
+# Plain logging, gated on `accelerator.is_main_process` where every process would repeat a line: accelerate's
+# get_logger raises unless an accelerate state exists, which unit tests and tools do not always have.
 logger = logging.getLogger(__name__)
 
 STEP_SEED_SALT = 1_000_003  # keeps per-step seeds apart from the per-sample seeds (seed, epoch, index)
