@@ -29,7 +29,6 @@ import pacavit_openmp_guard  # noqa: F401  (first: limits OpenMP spin-waiting be
 
 # isort: split
 # ruff: noqa: E402  (the imports below must follow the guard)
-import math
 import os
 import sys
 from pathlib import Path
@@ -61,25 +60,19 @@ from pacavit.model_card import (
     write_model_card,
 )
 from pacavit.training import (
-    StopOnSignal,
-    TrainingProgress,
+    TrainingRun,
     build_optimizer,
     build_scheduler,
-    check_finite_loss,
     check_output_dir,
     configure_threads,
     current_lr,
-    epoch_batches,
     global_batch_size,
     hardware_description,
     init_tracking,
     learning_rates_from_args,
-    load_checkpoint,
     make_accelerator,
     process_ranks,
     resolve_resume_path,
-    resume_position,
-    save_checkpoint,
     setup_logging,
     teardown,
     wall_time,
@@ -420,14 +413,20 @@ def main(argv: list[str] | None = None) -> dict:
         model_ema.to(accelerator.device)
         accelerator.register_for_checkpointing(model_ema)  # saved and restored with the checkpoints
 
-    batches_per_epoch = len(train_dataloader)
-    if batches_per_epoch == 0:
-        raise ValueError("The training set is smaller than one global batch; lower the batch size.")
-    updates_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
-    if args.max_train_steps is None:
-        args.max_train_steps = max(1, int(round(args.num_train_epochs * updates_per_epoch)))
-    num_epochs = math.ceil(args.max_train_steps / updates_per_epoch)
-    scheduler = build_scheduler(optimizer, args, lrs, updates_per_epoch, args.max_train_steps)
+    resume_path = resolve_resume_path(args.resume_from_checkpoint, args.output_dir)
+    if args.resume_from_checkpoint == "latest" and resume_path is None:
+        logger.warning(
+            f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir}; starting afresh."
+        )
+    # length in updates, and the resumed position (loads the checkpoint: after prepare/register)
+    run = TrainingRun(accelerator, args, len(train_dataloader), batch_size, resume_path)
+    args.max_train_steps = run.max_steps
+    if run.state.get("global_batch_size") not in (None, batch_size):
+        previous = run.state["global_batch_size"]
+        logger.warning(f"The checkpoint was trained with global batch {previous}, now {batch_size}.")
+    if resume_path is not None:
+        logger.info(f"Resumed from {resume_path} at update {run.completed_steps}.")
+    scheduler = build_scheduler(optimizer, args, lrs, run.updates_per_epoch, run.max_steps)
     init_tracking(
         accelerator,
         args,
@@ -438,31 +437,12 @@ def main(argv: list[str] | None = None) -> dict:
         warmup_lr=lrs["warmup_lr"],
     )
 
-    # ---------------------------------------------------------------- resume
-    completed_steps, history, eval_history = 0, [], []
-    resume_path = resolve_resume_path(args.resume_from_checkpoint, args.output_dir)
-    if args.resume_from_checkpoint == "latest" and resume_path is None:
-        logger.warning(
-            f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir}; starting afresh."
-        )
-    if resume_path is not None:
-        state = load_checkpoint(accelerator, resume_path)
-        if state.get("global_batch_size") not in (None, batch_size):
-            previous = state["global_batch_size"]
-            logger.warning(f"The checkpoint was trained with global batch {previous}, now {batch_size}.")
-        completed_steps = int(state["completed_steps"])
-        history, eval_history = state.get("history", []), state.get("eval_history", [])
-        logger.info(f"Resumed from {resume_path} at update {completed_steps}.")
-    starting_epoch, skip_batches = resume_position(
-        completed_steps, updates_per_epoch, args.gradient_accumulation_steps
-    )
-
     # ---------------------------------------------------------------- train
     logger.info("***** Running training *****")
     logger.info(
         f"  Train / eval images = {len(train_dataset)} / {len(eval_dataset)}; classes = {len(label_names)}"
     )
-    logger.info(f"  Epochs = {num_epochs}; updates = {args.max_train_steps} ({updates_per_epoch} per epoch)")
+    logger.info(f"  Epochs = {run.num_epochs}; updates = {run.max_steps} ({run.updates_per_epoch} per epoch)")
     logger.info(
         f"  Global batch = {batch_size} (per device {args.per_device_train_batch_size} x "
         f"{accelerator.num_processes} process(es) x {args.gradient_accumulation_steps} accumulation)"
@@ -471,45 +451,27 @@ def main(argv: list[str] | None = None) -> dict:
         f"  Peak lr = {lrs['lr']:.3g} (lr_base {args.lr_base:g} x {lrs['factor']:.4g}), min lr "
         f"{lrs['min_lr']:.3g}, warmup lr {lrs['warmup_lr']:.3g}, {args.lr_scheduler_type} schedule"
     )
-    progress = TrainingProgress(
-        accelerator, args.max_train_steps, completed_steps, args.logging_steps, args.with_tracking, history
-    )
-    stop = StopOnSignal()  # SIGTERM: save a resumable checkpoint after the current update, then exit
-
-    def checkpoint(name: str, epoch: int) -> Path:
-        state = dict(
-            completed_steps=completed_steps,
-            epoch=epoch,
-            global_batch_size=batch_size,
-            world_size=accelerator.num_processes,
-            history=history,
-            eval_history=eval_history,
-        )
-        return save_checkpoint(accelerator, args.output_dir, name, state, args.checkpoints_total_limit)
 
     def run_eval(epoch: int):
         """Evaluate the model (and its EMA); returns the record, the metrics of the weights to export, and
         those weights' top-1 predictions."""
         metrics, predictions = evaluate(model, eval_dataloader, accelerator, channels_last=args.channels_last)
-        record = {"epoch": epoch, "step": completed_steps, **{f"eval_{k}": v for k, v in metrics.items()}}
+        record = {"epoch": epoch, "step": run.completed_steps, **{f"eval_{k}": v for k, v in metrics.items()}}
         if model_ema is not None:
             metrics, predictions = evaluate(
                 model_ema.module, eval_dataloader, accelerator, channels_last=args.channels_last
             )
             record.update({f"eval_ema_{k}": v for k, v in metrics.items()})
-        eval_history.append(record)
-        progress.log_eval(record, completed_steps)
+        run.log_eval(record)
         return record, metrics, predictions
 
+    run.start()  # progress bar; SIGTERM: a resumable checkpoint after the current update, then exit
     update_losses = []
-    for epoch in range(starting_epoch, num_epochs):
-        if completed_steps >= args.max_train_steps:
-            break
+    for epoch in run.epochs():
         model.train()
-        skip = skip_batches if epoch == starting_epoch else 0
-        # per-step randomness (drop-path, mixup) is seeded from (seed, epoch, batch, rank) by epoch_batches
-        for _, batch in epoch_batches(accelerator, train_dataloader, epoch, args.seed, skip, train_dataset):
-            scheduler.step_update(completed_steps)
+        # per-step randomness (drop-path, mixup) is seeded from (seed, epoch, batch, rank) by run.batches
+        for batch in run.batches(train_dataloader, epoch, train_dataset):
+            scheduler.step_update(run.completed_steps)
             with accelerator.accumulate(model):
                 pixel_values, labels = batch["pixel_values"], batch["labels"]
                 if args.channels_last:
@@ -532,36 +494,21 @@ def main(argv: list[str] | None = None) -> dict:
             if not accelerator.sync_gradients:
                 continue
             # ------------------------------------------------ one optimizer update done
-            completed_steps += 1
             step_loss = accelerator.reduce(torch.stack(update_losses).mean(), reduction="mean").item()
             update_losses = []
-            check_finite_loss(step_loss, completed_steps, epoch)
-            if model_ema is not None:
-                model_ema.update(accelerator.unwrap_model(model), step=completed_steps)
-            progress.update(completed_steps, step_loss, current_lr(optimizer), epoch, batch_size)
-            saved = None
-            if isinstance(args.checkpointing_steps, int) and completed_steps % args.checkpointing_steps == 0:
-                saved = checkpoint(f"step_{completed_steps}", epoch)
-            if stop.requested(accelerator):
-                stop.exit(accelerator, saved or checkpoint(f"step_{completed_steps}", epoch))
-            if completed_steps >= args.max_train_steps:
+            if model_ema is not None:  # before update_done, which may checkpoint
+                model_ema.update(accelerator.unwrap_model(model), step=run.completed_steps + 1)
+            run.update_done(step_loss, current_lr(optimizer), epoch, batch_size)  # may checkpoint/stop/raise
+            if run.done:
                 break
-        epoch_finished = completed_steps % updates_per_epoch == 0 or completed_steps >= args.max_train_steps
-        last_epoch = completed_steps >= args.max_train_steps
-        if (
-            epoch_finished
-            and not last_epoch
-            and args.eval_every_epochs
-            and (epoch + 1) % args.eval_every_epochs == 0
-        ):
-            run_eval(epoch)
-        if args.checkpointing_steps == "epoch" and epoch_finished:
-            checkpoint(f"epoch_{epoch}", epoch + 1)
-    stop.close()
-    train_time = progress.close()
+        if run.epoch_finished and not run.done and args.eval_every_epochs:
+            if (epoch + 1) % args.eval_every_epochs == 0:
+                run_eval(epoch)
+        run.epoch_done(epoch)
+    train_time = run.finish()
 
     # ---------------------------------------------------------------- final evaluation and export
-    final, metrics, top1_predictions = run_eval(num_epochs - 1)
+    final, metrics, top1_predictions = run_eval(run.num_epochs - 1)
     export_model, weights_note = accelerator.unwrap_model(model), "final weights of the run"
     if model_ema is not None:
         export_model, weights_note = model_ema.module, f"EMA of the weights (decay {args.model_ema_decay})"
@@ -572,8 +519,8 @@ def main(argv: list[str] | None = None) -> dict:
         "eval_loss": metrics["loss"],
         "eval_samples": metrics["num_samples"],
         "train_samples": len(train_dataset),
-        "completed_steps": completed_steps,
-        "epochs": num_epochs,
+        "completed_steps": run.completed_steps,
+        "epochs": run.num_epochs,
         "global_batch_size": batch_size,
         "peak_lr": lrs["lr"],
         "world_size": accelerator.num_processes,
@@ -667,7 +614,7 @@ def main(argv: list[str] | None = None) -> dict:
                     hardware_description(accelerator, num_threads),
                     results["wall_time_s"],
                     train_time,
-                    completed_steps,
+                    run.completed_steps,
                 ),
                 "Usage": (
                     "```python\nimport pacavit  # registers PaCa-ViT with the transformers Auto classes\n"
@@ -677,7 +624,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ),
             },
         )
-        write_run_files(out, results, history, eval_history, accelerator.num_processes, batch_size)
+        write_run_files(out, results, run.history, run.eval_history, accelerator.num_processes, batch_size)
         logger.info(
             f"Held-out top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}% on {n_eval} images; "
             f"wall time {results['wall_time_s']:.1f} s; saved to {out}"

@@ -23,6 +23,9 @@ Modules
                   (SIGTERM -> checkpoint and exit 143), `check_finite_loss`, `TrainingProgress` (tqdm, log
                   lines, tracking, history), `init_tracking`, `write_run_files` (all_results.json,
                   train_log.json), `process_ranks`, `json_default`.
+- `run`        -- `TrainingRun`: one run's bookkeeping over those pieces (length in updates, resume, the
+                  epoch's batches, progress, periodic/epoch checkpoints, SIGTERM and NaN stops), so each
+                  script's loop is only forward / backward / step / evaluate.
 
 Per task: `classification` -- the image-classification recipes ("digits", "paper_in1k"), the flags of
 `examples/run_classification.py` and its timm augmentation / mixup / loss builders, importable so that the
@@ -52,24 +55,21 @@ Call sequence of a task script
     batch = T.global_batch_size(...); lrs = T.learning_rates_from_args(args, batch)
     optimizer = T.build_optimizer(model, args, lrs["lr"], lr_multipliers={"decode_head.*": 10.0})
     model, optimizer, train_dl, eval_dl = accelerator.prepare(...)
-    scheduler = T.build_scheduler(optimizer, args, lrs, updates_per_epoch, max_train_steps)
+    run = T.TrainingRun(accelerator, args, len(train_dl), batch, resume_path)  # loads the checkpoint
+    scheduler = T.build_scheduler(optimizer, args, lrs, run.updates_per_epoch, run.max_steps)
     T.init_tracking(accelerator, args, "run_<task>", global_batch_size=batch, ...)
-    state = T.load_checkpoint(accelerator, resume_path) if resume_path else {}
-    epoch0, skip = T.resume_position(completed_steps, updates_per_epoch, args.gradient_accumulation_steps)
-    progress = T.TrainingProgress(accelerator, max_train_steps, completed_steps, args.logging_steps, ...)
-    stop = T.StopOnSignal()
-    for epoch in range(epoch0, num_epochs):
-        skip_now = skip if epoch == epoch0 else 0
-        for _, batch in T.epoch_batches(accelerator, train_dl, epoch, args.seed, skip_now, train_dataset):
-            scheduler.step_update(completed_steps)
+    run.start()                                      # progress bar, SIGTERM hook
+    for epoch in run.epochs():
+        for batch in run.batches(train_dl, epoch, train_dataset):   # resume skip, per-step seeds
+            scheduler.step_update(run.completed_steps)
             with accelerator.accumulate(model): ...forward, backward, step...
             if not accelerator.sync_gradients: continue
-            completed_steps += 1
-            loss = accelerator.reduce(..., "mean").item(); T.check_finite_loss(loss, completed_steps, epoch)
-            progress.update(completed_steps, loss, T.current_lr(optimizer), epoch, batch)
-            ...periodic T.save_checkpoint(...)...
-            if stop.requested(accelerator): stop.exit(accelerator, T.save_checkpoint(...))
-    train_time = progress.close()
+            loss = accelerator.reduce(loss.detach(), "mean").item()
+            run.update_done(loss, T.current_lr(optimizer), epoch, images)  # NaN stop, log, save, SIGTERM
+            if run.done: break
+        ...evaluate -> run.log_eval(record)...
+        run.epoch_done(epoch)                        # --checkpointing_steps epoch
+    train_time = run.finish()
     ...evaluate, save_pretrained, write_model_card, T.write_run_files(...), hub.push_folder(...)...
 
     if __name__ == "__main__":
@@ -125,6 +125,7 @@ from .optim import (
     learning_rates_from_args,
     scale_learning_rates,
 )
+from .run import TrainingRun
 from .runtime import (
     PROCESS_START,
     available_cores,
@@ -148,6 +149,7 @@ __all__ = [
     "StopOnSignal",
     "TRAINING_STATE",
     "TrainingProgress",
+    "TrainingRun",
     "add_optimization_arguments",
     "add_running_arguments",
     "apply_recipe",
