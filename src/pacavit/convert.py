@@ -433,17 +433,10 @@ def _imagenet_labels() -> tuple[dict[int, str], dict[str, int]]:
 
 def save_image_processor(output_dir: Path, config: PaCaViTConfig) -> None:
     """The original evaluation preprocessing: bicubic resize, crop_pct 0.9, ImageNet mean/std."""
-    from transformers import ConvNextImageProcessor
+    from .data.classification import build_eval_image_processor
 
     size = config.image_size if config.image_size else 224
-    processor = ConvNextImageProcessor(
-        size={"shortest_edge": size},
-        crop_pct=0.9,
-        resample=3,  # PIL bicubic
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
-    )
-    processor.save_pretrained(output_dir)
+    build_eval_image_processor(size, crop_pct=0.9, interpolation="bicubic").save_pretrained(output_dir)
 
 
 def convert_checkpoint(
