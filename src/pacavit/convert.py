@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - transformers 4.x
     from transformers.modeling_utils import no_init_weights
 
 from .configuration_pacavit import PaCaViTConfig, resolve_preset_name
+from .safe_io import atomic_directory, load_torch_checkpoint
 
 TASKS = ("image-classification", "backbone", "semantic-segmentation", "instance-segmentation")
 
@@ -80,7 +81,7 @@ def extract_state_dict(checkpoint, use_ema: bool = False) -> "OrderedDict[str, t
 
 
 def load_original_checkpoint(path: str | Path, use_ema: bool = False) -> "OrderedDict[str, torch.Tensor]":
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_torch_checkpoint(path)  # weights_only=True; a pickle that needs code is refused
     return extract_state_dict(checkpoint, use_ema=use_ema)
 
 
@@ -473,9 +474,10 @@ def convert_checkpoint(
     check_against_model(converted, model)
     model.load_state_dict(converted, strict=True)
     output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
-    if task == "image-classification":
-        save_image_processor(output_dir, config)
+    with atomic_directory(output_dir) as tmp:  # concurrent or killed conversions never leave a half folder
+        model.save_pretrained(tmp)
+        if task == "image-classification":
+            save_image_processor(tmp, config)
     if verbose:
         print(report.summary())
         print(f"saved {model_class.__name__} to {output_dir}")
@@ -485,6 +487,8 @@ def convert_checkpoint(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="original .pth (timm, mmseg or mmdet layout)")
+    # Without --preset/--original-config the architecture, task and head come from the released file's name
+    # (pacavit.checkpoint_names), checked strictly against the weights.
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", help="preset or original builder name, e.g. pacavit-tiny / pacavit_tiny_p2cconv_100_0")
     source.add_argument("--original-config", help="JSON with the original constructor kwargs (fixture/manifest form)")
