@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from .utils import require
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -587,6 +589,7 @@ def rank_clusters(
 def _new_figure(ncols: int, row_heights: Sequence[float], panel: float = 2.6):
     """A constrained-layout figure of `len(row_heights)` rows; each row is `panel * row_height` inches tall
     (plus room for two title lines), each column `panel` inches wide."""
+    require("matplotlib", purpose="cluster figures")  # an ImportError naming the `viz` extra
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -691,7 +694,7 @@ def plot_top_clusters(
 ):
     """The `top_k` clusters of every clustered stage (ranked by `rank_by`, see `rank_clusters`) as heatmaps of
     their soft assignment `z[m]` over the image; one row per stage, the frame in the cluster's map colour."""
-    from matplotlib import colormaps
+    colormaps = require("matplotlib", purpose="cluster figures").colormaps
 
     stages = clusters.clustered_stages
     if not stages:
@@ -755,7 +758,7 @@ def plot_query_attention(
 
     `query` is (row, col): integers are input pixels, floats in [0, 1] normalised coordinates.
     """
-    from matplotlib import colormaps
+    colormaps = require("matplotlib", purpose="cluster figures").colormaps
 
     stages = [s for s in clusters.stages if s.attentions]
     if not stages:

@@ -23,6 +23,7 @@ import torch
 from PIL import Image as PILImage
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # the package's one source
 
+from ..utils import require
 from .common import decode_image, sample_seed, seed_everything_from
 
 DIGITS_NAME = "sklearn-digits"
@@ -58,9 +59,9 @@ def load_digits_dataset():
     """The 1,797 scikit-learn digits as a `datasets.Dataset` with features `image` (PIL RGB 8x8) and `label`
     (`ClassLabel` with names '0'..'9'); the conversion is recorded in `dataset.info.description`."""
     import datasets
-    from sklearn.datasets import load_digits
 
-    digits = load_digits()
+    sklearn_datasets = require("sklearn.datasets", extra="train", purpose="the built-in digits dataset")
+    digits = sklearn_datasets.load_digits()
     names = [str(int(n)) for n in digits.target_names]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
     info = datasets.DatasetInfo(

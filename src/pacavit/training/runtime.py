@@ -59,8 +59,9 @@ def make_accelerator(args, **overrides):
 
 def setup_logging(accelerator) -> None:
     """INFO log lines with time stamps; library warnings only on the local main process."""
-    import datasets
     import transformers
+
+    datasets = require("datasets", extra="train")
 
     logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S", level=logging.INFO)
     if accelerator.is_local_main_process:
