@@ -35,9 +35,12 @@ def test_non_finite_loss_stops_naming_the_update():
 
 
 def test_sigterm_is_remembered_until_the_loop_checks():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
     previous = signal.getsignal(signal.SIGTERM)
     stop = StopOnSignal()
-    one_process = SimpleNamespace(num_processes=1)
+    one_process = Accelerator(cpu=True)
     try:
         assert not stop.requested(one_process)
         os.kill(os.getpid(), signal.SIGTERM)  # the handler runs; the process keeps going
@@ -50,6 +53,8 @@ def test_sigterm_is_remembered_until_the_loop_checks():
         assert exit_info.value.code == 143 and ended == [True]
     finally:
         stop.close()
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
     assert signal.getsignal(signal.SIGTERM) == previous
 
 

@@ -69,8 +69,8 @@ class StopOnSignal:
             save_checkpoint(...)
             stop.exit(accelerator, path)   # logs, ends tracking, raises SystemExit(143)
 
-    `requested` agrees on every process (one collective per call in multi-process runs), so all ranks save
-    the same step. Handlers are restored by `close()`.
+    `requested` agrees on every process (`accelerator.set_trigger` / `check_trigger`: one all-reduce per call
+    in multi-process runs), so all ranks save the same step. Handlers are restored by `close()`.
     """
 
     def __init__(self, signals=(signal.SIGTERM,)):
@@ -87,13 +87,10 @@ class StopOnSignal:
         logger.warning(f"Received {signal.Signals(signum).name}: saving a checkpoint after this update.")
 
     def requested(self, accelerator) -> bool:
-        flag = self.received is not None
-        if accelerator.num_processes > 1:
-            total = accelerator.reduce(
-                torch.tensor([float(flag)], device=accelerator.device), reduction="sum"
-            )
-            flag = bool(total.item() > 0)
-        return flag
+        # Accelerate's trigger: set on the processes that got the signal, true on all once any has it
+        if self.received is not None:
+            accelerator.set_trigger()
+        return accelerator.check_trigger()
 
     def exit(self, accelerator, checkpoint: Path) -> None:
         if accelerator.is_main_process:

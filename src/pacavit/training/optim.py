@@ -111,6 +111,8 @@ def build_param_groups(
 
 
 def _apply_lr_multipliers(model, groups: list[dict], lr_multipliers: Mapping[str, float]) -> list[dict]:
+    # timm's group helpers have no per-name lr factor (mmcv's `paramwise_cfg.custom_keys` has, which the
+    # original segmentation recipe uses); folding it into `lr_scale` keeps timm's schedulers applying it.
     name_of = {id(p): name for name, p in model.named_parameters()}
     used = set()
 
