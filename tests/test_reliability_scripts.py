@@ -1,0 +1,101 @@
+"""Issue 12, the task scripts (cases 5, 10, 12): what every task script does with an output folder that holds another
+run, a loss that becomes non-finite, and datasets without the expected splits or columns. The library pieces and
+the interruption cases (SIGTERM, SIGKILL during a checkpoint write, `--resume_from_checkpoint latest`) are tested
+in test_training_checkpoint.py, test_training_loop.py, test_training_run.py and test_run_classification.py.
+
+The scripts run in-process (their `main(argv)`), which skips the interpreter start of a subprocess."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from pacavit.data import pick_column, select_splits
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = {
+    "classification": "run_classification.py",
+    "semantic-segmentation": "run_semantic_segmentation.py",
+    "instance-segmentation": "run_instance_segmentation.py",
+}
+TINY_CLASSIFIER = [
+    "--hidden_sizes", "16", "32", "48", "64", "--num_attention_heads", "1", "1", "2", "2",
+    "--depths", "1", "1", "1", "1", "--num_clusters", "8", "8", "8", "0", "--image_size", "16",
+    "--max_eval_samples", "32", "--pipeline_eval_samples", "0", "--eval_every_epochs", "0", "--num_threads", "1",
+]  # fmt: skip
+
+
+def load_script(task: str):
+    path = REPO / "examples" / SCRIPTS[task]
+    if not path.exists():
+        pytest.skip(f"{path.name} is not in this checkout")
+    name = f"reliability_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)  # in-process runs leave accelerate's singletons behind
+    GradientState._reset_state()
+
+
+# ---------------------------------------------------------------- case 12
+@pytest.mark.parametrize("task", sorted(SCRIPTS))
+def test_an_output_dir_holding_another_run_is_refused(task, tmp_path, fresh_accelerate_state):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
+    (out / "model.safetensors").write_bytes(b"another run's weights")
+    script = load_script(task)
+    with pytest.raises(FileExistsError, match=r"already holds a run \(all_results.json, model.safetensors.*--overwrite_output_dir.*--resume_from_checkpoint latest"):
+        script.main(["--output_dir", str(out), "--max_train_steps", "1"])
+    assert json.loads((out / "all_results.json").read_text()) == {"eval_accuracy": 0.9}  # untouched
+    assert (out / "model.safetensors").read_bytes() == b"another run's weights"
+
+
+# ---------------------------------------------------------------- case 5 (training side)
+@pytest.mark.slow
+def test_classification_stops_naming_the_update_when_the_loss_becomes_non_finite(tmp_path, fresh_accelerate_state):
+    from pacavit.training import NonFiniteLossError
+
+    script = load_script("classification")
+    out = tmp_path / "run"
+    argv = [
+        *TINY_CLASSIFIER, "--output_dir", str(out), "--max_train_samples", "64", "--per_device_train_batch_size", "16",
+        "--max_train_steps", "12", "--learning_rate", "1e30", "--warmup_epochs", "0",
+    ]  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match=r"Non-finite training loss \((nan|inf)\) at update \d+.*Lower the learning rate"):
+        script.main(argv)
+    assert not (out / "model.safetensors").exists()  # nothing trained on NaN is exported
+
+
+# ---------------------------------------------------------------- case 10: splits and columns
+def test_a_dataset_without_the_expected_columns_names_the_columns_found():
+    columns = ["picture", "category", "id"]
+    with pytest.raises(ValueError, match=r"Cannot find the image column among \['picture', 'category', 'id'\]; pass --image_column_name"):
+        pick_column(columns, None, ("image", "img"), "image")
+    with pytest.raises(ValueError, match=r"--label_column_name 'labels' is not a column; columns: \['picture', 'category', 'id'\]"):
+        pick_column(columns, "labels", ("label", "labels"), "label")
+    assert pick_column(columns, "category", ("label",), "label") == "category"
+
+
+def test_missing_splits_name_the_splits_found():
+    with pytest.raises(ValueError, match=r"Split 'dev' not found; splits: \['train', 'test'\]"):
+        select_splits({"train": [1], "test": [2]}, validation_split="dev")
+    with pytest.raises(ValueError, match=r"No train or validation split found; splits: \['unlabeled'\]"):
+        select_splits({"unlabeled": [1]})
+    with pytest.raises(ValueError, match=r"No evaluation split among \['train'\]; pass --validation_split"):
+        select_splits({"train": [1]})
+    splits, note = select_splits({"train": [1], "val": [2]})
+    assert splits == {"train": [1], "validation": [2]} and note is None
