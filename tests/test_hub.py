@@ -101,11 +101,12 @@ def test_export_segmentation(head, tmp_path):
 
 def test_export_maskrcnn(tmp_path):
     out = export_folder(_maskrcnn_folder(tmp_path / "src"), tmp_path / "export")
-    config = json.loads((out / "config.json").read_text())
-    assert "AutoModelForObjectDetection" in config["auto_map"] and "AutoImageProcessor" in config["auto_map"]
-    processor = json.loads((out / "preprocessor_config.json").read_text())
-    assert processor["auto_map"]["AutoImageProcessor"] == config["auto_map"]["AutoImageProcessor"]
-    assert check_remote_code(out) == []
+    auto_map = json.loads((out / "config.json").read_text())["auto_map"]
+    assert auto_map == auto_map_for(pacavit.PaCaViTMaskRCNNConfig) | {
+        "AutoImageProcessor": "image_processing_pacavit_maskrcnn.PaCaViTMaskRCNNImageProcessor"
+    }
+    assert {"AutoModelForObjectDetection", "AutoModelForInstanceSegmentation"} <= set(auto_map)
+    assert "image_processing_pacavit_maskrcnn.py" in files_to_upload(out) and check_remote_code(out) == []
 
 
 def test_remote_code_files_import_nothing_of_ours(tmp_path):

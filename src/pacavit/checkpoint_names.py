@@ -19,8 +19,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from .configuration_pacavit import PRESETS, resolve_preset_name
 
 IMAGE_CLASSIFICATION = "image-classification"
@@ -200,7 +198,9 @@ def convert_by_name(
         checkpoint_name = str(checkpoint)
     parsed = parse_checkpoint_name(checkpoint_name)
     if not isinstance(checkpoint, dict):  # loaded once; the converters take the whole dict (mmengine `meta` too)
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        from .safe_io import load_torch_checkpoint
+
+        checkpoint = load_torch_checkpoint(checkpoint)
     state_dict = convert.extract_state_dict(checkpoint, use_ema=use_ema)
     backbone, _ = convert._split_prefix(state_dict)
     from .configuration_pacavit import PaCaViTConfig

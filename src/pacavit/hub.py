@@ -203,22 +203,6 @@ def _write_generic_card(folder: Path, model, repo_id: str | None) -> None:
     )
 
 
-def _replace_dir(tmp: Path, dst: Path, overwrite: bool) -> None:
-    """Move the finished `tmp` to `dst` (same file system, so each rename is atomic)."""
-    import shutil
-
-    if dst.exists():
-        if not overwrite:
-            shutil.rmtree(tmp)
-            raise HubFolderError(f"{dst} exists; pass --overwrite to replace it.")
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        dst.rename(old)
-        tmp.rename(dst)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(dst)
-
-
 def export_folder(
     src: str | Path, dst: str | Path, repo_id: str | None = None, card: str | Path | None = None, overwrite=False
 ) -> Path:
@@ -228,15 +212,18 @@ def export_folder(
     the image processor config (the source's, or the task's default), the flat model files for remote code,
     and `README.md`: `card` if given, else the released-checkpoint card when `repo_id` is one of them
     (`pacavit.release_cards`), else the source's README, else a generic card. Written to a temporary sibling
-    folder and renamed into place, so `dst` is never half-written.
+    folder and swapped into place (`pacavit.safe_io.atomic_directory`), so `dst` is never half-written.
     """
     import json
     import shutil
-    import tempfile
 
     from transformers import AutoConfig, AutoImageProcessor
 
+    from .safe_io import atomic_directory
+
     src, dst = Path(src), Path(dst)
+    if dst.exists() and not overwrite:
+        raise HubFolderError(f"{dst} exists; pass --overwrite to replace it.")
     if not (src / "config.json").is_file():
         raise HubFolderError(f"{src} has no config.json: export a folder written by save_pretrained.")
     _package()
@@ -246,9 +233,7 @@ def export_folder(
     bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if bad:
         raise HubFolderError(f"The weights in {src} do not fit {model_class.__name__}: {bad}")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
+    with atomic_directory(dst) as tmp:  # written beside dst, swapped into place when complete
         model.save_pretrained(tmp, safe_serialization=True)
         for stray in tmp.glob("*.py"):  # save_pretrained's own code copy; the full set is written below
             stray.unlink()
@@ -256,26 +241,26 @@ def export_folder(
             AutoImageProcessor.from_pretrained(src).save_pretrained(tmp)
         else:
             _default_image_processor(model, tmp)
-        classes = [type(config), model_class]
+        config_file = tmp / "config.json"
+        saved = json.loads(config_file.read_text())
         auto_map = auto_map_for(type(config))
-        processor_file = tmp / PREPROCESSOR_CONFIG
-        if processor_file.is_file():
-            processor_config = json.loads(processor_file.read_text())
-            processor_class = getattr(_package(), processor_config.get("image_processor_type", ""), None)
-            if processor_class is not None:  # our own processor: remote code too
-                auto_map["AutoImageProcessor"] = f"{_module_stem(processor_class)}.{processor_class.__name__}"
-                processor_config["auto_map"] = {"AutoImageProcessor": auto_map["AutoImageProcessor"]}
-                processor_file.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n")
-                classes.append(processor_class)
+        # Our own image processor (Mask R-CNN) is found through config.json's auto_map, which its model's
+        # save_pretrained writes; its preprocessor_config.json deliberately names no class (see
+        # PaCaViTMaskRCNNImageProcessor.save_pretrained), so nothing is added there.
+        processor_ref = (saved.get("auto_map") or {}).get("AutoImageProcessor")
+        processor_config = json.loads((tmp / PREPROCESSOR_CONFIG).read_text()) if (tmp / PREPROCESSOR_CONFIG).is_file() else {}
+        named = getattr(_package(), processor_config.get("image_processor_type", ""), None)
+        if named is not None:  # a processor class of ours named in the file
+            processor_ref = f"{_module_stem(named)}.{named.__name__}"
+        if processor_ref:
+            auto_map["AutoImageProcessor"] = processor_ref
         package = _package()
-        classes += [getattr(package, ref.split(".")[1]) for ref in auto_map.values() if hasattr(package, ref.split(".")[1])]
+        classes = [type(config), model_class] + [getattr(package, ref.split(".")[1]) for ref in auto_map.values()]
         for path in remote_code_files(classes):
             shutil.copyfile(path, tmp / path.name)
         problems = check_remote_code(tmp)
         if problems:
             raise HubFolderError("The model files do not work as Hub remote code:\n  " + "\n  ".join(problems))
-        config_file = tmp / "config.json"
-        saved = json.loads(config_file.read_text())
         saved["auto_map"] = auto_map
         config_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         if card is not None:
@@ -286,10 +271,6 @@ def export_folder(
             shutil.copyfile(src / "README.md", tmp / "README.md")
         else:
             _write_generic_card(tmp, model, repo_id)
-        _replace_dir(tmp, dst, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dst
 
 
@@ -342,11 +323,12 @@ def install_to_cache(
     """
     import hashlib
     import shutil
-    import tempfile
 
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
     from huggingface_hub.utils import validate_repo_id
+
+    from .safe_io import atomic_directory
 
     folder = Path(folder)
     validate_repo_id(repo_id)
@@ -374,9 +356,8 @@ def install_to_cache(
             os.replace(partial, blob)
     commit_hash = commit.hexdigest()
     snapshot = repo / "snapshots" / commit_hash
-    if not snapshot.is_dir():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{commit_hash}.tmp-", dir=repo / "snapshots"))
-        try:
+    if not snapshot.is_dir():  # the same content gives the same commit: an existing snapshot is complete
+        with atomic_directory(snapshot) as tmp:
             for rel, etag in etags.items():
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -385,10 +366,6 @@ def install_to_cache(
                     target.symlink_to(os.path.relpath(blob, target.parent))
                 except OSError:  # no symlinks (e.g. Windows without developer mode): huggingface_hub copies too
                     shutil.copyfile(blob, target)
-            os.replace(tmp, snapshot)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     ref = repo / "refs" / revision
     ref.parent.mkdir(parents=True, exist_ok=True)
     partial = ref.with_name(f".{ref.name}.tmp-{os.getpid()}")
