@@ -805,12 +805,14 @@ class PaCaViTPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            if isinstance(module, nn.BatchNorm2d):
+        elif isinstance(module, (nn.LayerNorm, nn.modules.batchnorm._BatchNorm)):  # BatchNorm1d/2d/SyncBatchNorm
+            if module.weight is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+            if getattr(module, "running_mean", None) is not None:  # every buffer, so a meta-device init is complete
                 init.zeros_(module.running_mean)
                 init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
         elif isinstance(module, PaCaViTBlurDownsample):
             init.copy_(module.blur_filter, module.default_blur_filter(module.blur_filter.shape[0]))
         elif isinstance(module, PaCaViTAttention) and module.cluster_position_embeddings is not None:

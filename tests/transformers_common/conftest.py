@@ -1,0 +1,3 @@
+"""The shims are helper modules for transformers' mixins, not tests of their own."""
+
+collect_ignore = ["shims"]
