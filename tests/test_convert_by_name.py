@@ -47,8 +47,7 @@ def _manifest(path):
     return manifest, manifest["checkpoint_file"]
 
 
-# Tasks whose converters are in pacavit; the Mask R-CNN one (issue 10) joins when its model lands.
-CONVERTED_TASKS = ("image-classification", "backbone", "semantic-segmentation")
+CONVERTED_TASKS = ("image-classification", "backbone", "semantic-segmentation", "instance-segmentation")
 
 
 def _require_task(task: str) -> None:
@@ -90,6 +89,10 @@ def test_convert_by_name_meta(path):
 
         config = build_segmentation_config(state_dict, parsed.preset, None)
         assert config.decode_head_type == decode_head_type(state_dict)
+    elif parsed.task == "instance-segmentation":
+        from pacavit.convert_maskrcnn import build_maskrcnn_config
+
+        config = build_maskrcnn_config(state_dict, parsed.preset)
     else:
         config = convert.build_config(backbone, parsed.task, preset=parsed.preset)
     converted, report = convert.convert_state_dict(state_dict, config, parsed.task)
@@ -97,7 +100,10 @@ def test_convert_by_name_meta(path):
     with torch.device("meta"):
         model = auto.from_config(config)
     model.load_state_dict(converted, strict=True, assign=True)
-    assert sum(p.numel() for p in model.parameters()) == expected_parameters(manifest, parsed.task)
+    extra = 0
+    if parsed.task == "instance-segmentation":  # torchvision's box/mask predictors keep a background slot
+        extra = 4 * config.box_head_hidden_size + 4 + config.mask_head_hidden_size + 1  # (see test_maskrcnn)
+    assert sum(p.numel() for p in model.parameters()) == expected_parameters(manifest, parsed.task) + extra
     assert not report.dropped, report.summary()  # a full-task conversion drops nothing
 
 
@@ -152,7 +158,10 @@ def test_cli_by_name_end_to_end(stem, tmp_path, capsys):
     convert.main(["--checkpoint", str(renamed), "--checkpoint-name", f"{stem}.pth", "--output-dir", str(out)])
     assert f"task {parsed.task}" in capsys.readouterr().out
     model = getattr(transformers, AUTO_CLASS[parsed.task]).from_pretrained(out)
-    assert sum(p.numel() for p in model.parameters()) == expected_parameters(manifest, parsed.task)
+    extra = 0
+    if parsed.task == "instance-segmentation":  # torchvision's background slot, as above
+        extra = 4 * model.config.box_head_hidden_size + 4 + model.config.mask_head_hidden_size + 1
+    assert sum(p.numel() for p in model.parameters()) == expected_parameters(manifest, parsed.task) + extra
     # the file under its own name converts without --checkpoint-name too
     released = tmp_path / f"{stem}.pth"
     shutil.move(renamed, released)
