@@ -109,6 +109,27 @@ def test_export_maskrcnn(tmp_path):
     assert "image_processing_pacavit_maskrcnn.py" in files_to_upload(out) and check_remote_code(out) == []
 
 
+def test_export_training_output_keeps_its_card_and_leaves_artifacts_out(tmp_path):
+    """A training output folder: the model, its processor and card, plus checkpoints, logs and results."""
+    from pacavit.convert import save_image_processor
+
+    src = _classifier_folder(tmp_path / "run")
+    save_image_processor(src, tiny_config())
+    (src / "README.md").write_text("---\nlicense: apache-2.0\n---\n# my run\n")
+    for artifact in ("step_100/model.safetensors", "runs/events.out.tfevents", "all_results.json"):
+        (src / artifact).parent.mkdir(parents=True, exist_ok=True)
+        (src / artifact).write_text("x")
+    out = export_folder(src, tmp_path / "export")
+    assert (out / "README.md").read_text().endswith("# my run\n")
+    assert set(files_to_upload(out)) == {
+        "README.md", "config.json", "model.safetensors", "preprocessor_config.json",
+        "configuration_pacavit.py", "modeling_pacavit.py",
+    }
+    assert json.loads((out / "preprocessor_config.json").read_text()) == json.loads(
+        (src / "preprocessor_config.json").read_text()
+    )
+
+
 def test_remote_code_files_import_nothing_of_ours(tmp_path):
     """The files copied for remote code are flat siblings with single-dot imports, and the check can fail."""
     classes = [getattr(pacavit, name) for name in pacavit.__all__ if name.startswith("PaCaViT")]
