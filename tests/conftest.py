@@ -16,6 +16,10 @@ import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# stand-ins imported by transformers' common tests (tests/transformers_common), not tests of their own; their
+# names (test_utils.py, ...) would clash with ours
+collect_ignore_glob = ["transformers_common/shims/*"]
+
 # Tiny widths keep every test fast while exercising all code paths.
 TINY = dict(hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 2, 2, 4], depths=[1, 1, 2, 1])
 

@@ -194,8 +194,10 @@ class PaCaViTModelTester:
             self.parent.assertEqual(feature_map.shape, (self.batch_size, channels, side, side))
 
 
-class PaCaViTModelTest(ModelTesterMixin, unittest.TestCase):
-    all_model_classes = (PaCaViTModel, PaCaViTForImageClassification, PaCaViTBackbone)
+class PaCaViTCommonTests(ModelTesterMixin):
+    """The overrides every PaCa-ViT model class needs (pixel inputs, feature-map hidden states, per-block
+    patch-to-cluster attentions); the concrete test classes below pick the model classes and the tester."""
+
     model_tester_kwargs: dict = {}
 
     test_resize_embeddings = False  # no token embeddings
@@ -210,15 +212,6 @@ class PaCaViTModelTest(ModelTesterMixin, unittest.TestCase):
 
     def test_config(self):
         self.config_tester.run_common_tests()
-
-    def test_model(self):
-        self.model_tester.create_and_check_model(*self.model_tester.prepare_config_and_inputs())
-
-    def test_for_image_classification(self):
-        self.model_tester.create_and_check_for_image_classification(*self.model_tester.prepare_config_and_inputs())
-
-    def test_backbone(self):
-        self.model_tester.create_and_check_backbone(*self.model_tester.prepare_config_and_inputs())
 
     def test_forward_signature(self):
         config, _ = self.model_tester.prepare_config_and_inputs_for_common()
@@ -285,6 +278,19 @@ class PaCaViTModelTest(ModelTesterMixin, unittest.TestCase):
         pass
 
 
+class PaCaViTModelTest(PaCaViTCommonTests, unittest.TestCase):
+    all_model_classes = (PaCaViTModel, PaCaViTForImageClassification, PaCaViTBackbone)
+
+    def test_model(self):
+        self.model_tester.create_and_check_model(*self.model_tester.prepare_config_and_inputs())
+
+    def test_for_image_classification(self):
+        self.model_tester.create_and_check_for_image_classification(*self.model_tester.prepare_config_and_inputs())
+
+    def test_backbone(self):
+        self.model_tester.create_and_check_backbone(*self.model_tester.prepare_config_and_inputs())
+
+
 class PaCaViTTeacherModelTest(PaCaViTModelTest):
     """The same tests on the ConvMixer clustering-teacher variant (BatchNorm, clusters in every stage)."""
 
@@ -337,7 +343,7 @@ if PaCaViTForSemanticSegmentation is not None:
                 **values, decode_head_type=self.decode_head_type, decode_head_hidden_size=16, auxiliary_hidden_size=8
             )
 
-    class PaCaViTForSemanticSegmentationTest(PaCaViTModelTest):
+    class PaCaViTForSemanticSegmentationTest(PaCaViTCommonTests, unittest.TestCase):
         all_model_classes = (PaCaViTForSemanticSegmentation,)
         model_tester_kwargs = {"decode_head_type": "paca"}
 
@@ -356,11 +362,16 @@ if PaCaViTForSemanticSegmentation is not None:
         def test_torch_export_dynamic(self):
             super().test_torch_export_dynamic()
 
-        def test_for_image_classification(self):
-            self.skipTest(reason="a segmentation model")
-
-        def test_backbone(self):
-            self.skipTest(reason="a segmentation model")
+        def test_for_semantic_segmentation(self):
+            config, pixel_values, _ = self.model_tester.prepare_config_and_inputs()
+            tester = self.model_tester
+            labels = ids_tensor([tester.batch_size, tester.image_size, tester.image_size], tester.num_labels)
+            model = PaCaViTForSemanticSegmentation(config).to(torch_device).eval()
+            with torch.no_grad():
+                result = model(pixel_values, labels=labels)
+            side = tester.grid(1)  # logits at stride 4
+            self.assertEqual(result.logits.shape, (tester.batch_size, tester.num_labels, side, side))
+            self.assertTrue(torch.isfinite(result.loss))
 
     class PaCaViTForSemanticSegmentationUperNetTest(PaCaViTForSemanticSegmentationTest):
         model_tester_kwargs = {"decode_head_type": "upernet"}
