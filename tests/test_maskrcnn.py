@@ -322,17 +322,26 @@ def test_both_pipelines_on_a_pil_image(tmp_path):
     assert all(np.asarray(s["mask"]).max() == 255 for s in segments)
 
 
-def test_remote_code_folder_loads_without_the_package(tmp_path):
-    """A saved folder carries its code: it loads with trust_remote_code in a process that never imports pacavit."""
-    model = tiny_model()
-    model.save_pretrained(tmp_path / "m")
-    PaCaViTMaskRCNNImageProcessor().save_pretrained(tmp_path / "m")
+def test_remote_code_folder_loads_its_own_copy(tmp_path):
+    """A saved folder carries its code: with trust_remote_code the Auto classes load the folder's copy (flat files
+    with single-dot relative imports only), not the installed package."""
+    import re
+
+    folder = tmp_path / "m"
+    tiny_model().save_pretrained(folder)
+    PaCaViTMaskRCNNImageProcessor().save_pretrained(folder)
+    for path in folder.glob("*.py"):
+        source = path.read_text()
+        assert not re.search(r"^\s*(from|import) pacavit", source, re.M), f"{path.name} imports the package"
+        for module in re.findall(r"^from \.(\w+) import", source, re.M):
+            assert (folder / f"{module}.py").exists(), f"{path.name} needs {module}.py"
+    # a fresh process that never imports pacavit (in this one the registered classes would take precedence)
     script = (
-        "import sys, torch; from transformers import AutoModelForObjectDetection, AutoImageProcessor\n"
-        f"m = AutoModelForObjectDetection.from_pretrained({str(tmp_path / 'm')!r}, trust_remote_code=True).eval()\n"
-        f"p = AutoImageProcessor.from_pretrained({str(tmp_path / 'm')!r}, trust_remote_code=True)\n"
+        "import sys, torch, numpy as np; from transformers import AutoModelForObjectDetection, AutoImageProcessor\n"
+        f"m = AutoModelForObjectDetection.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()\n"
+        f"p = AutoImageProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
         "assert 'pacavit' not in sys.modules, 'the package was imported'\n"
-        "print(type(m).__module__, type(p).__name__, len(m(torch.randn(1, 3, 64, 64)).detections))\n"
+        "print(type(m).__module__, type(p).__name__, len(m(**p(np.zeros((40, 60, 3), np.uint8))).detections))\n"
     )
     env = {
         "HF_HUB_OFFLINE": "1",
@@ -344,7 +353,7 @@ def test_remote_code_folder_loads_without_the_package(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, check=False
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "transformers_modules" in result.stdout and "PaCaViTMaskRCNNImageProcessor" in result.stdout
+    assert "transformers_modules" in result.stdout and "PaCaViTMaskRCNNImageProcessor 1" in result.stdout
 
 
 def test_torchvision_is_a_soft_dependency(monkeypatch):

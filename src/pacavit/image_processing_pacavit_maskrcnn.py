@@ -16,6 +16,9 @@ the file works as Hub remote code on its own.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -90,6 +93,22 @@ class PaCaViTMaskRCNNImageProcessor(BaseImageProcessor):
         self.image_mean = list(image_mean if image_mean is not None else IMAGENET_MEAN)
         self.image_std = list(image_std if image_std is not None else IMAGENET_STD)
         self.size_divisor = size_divisor
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save `preprocessor_config.json` (and, for remote code, this file) WITHOUT `image_processor_type` and
+        `auto_map`: the folder's `config.json` names this class under `auto_map["AutoImageProcessor"]` instead.
+
+        Why: with an `auto_map` in `preprocessor_config.json`, transformers' pipelines (5.24) also look for a video
+        processor derived from it and ask on the terminal whether to run the folder's code (a 15 s prompt), even
+        when the installed package provides the class. Without it, `AutoImageProcessor` finds the class through the
+        model config: the registered one when `pacavit` is imported, the folder's copy with `trust_remote_code`."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        path = Path(save_directory) / "preprocessor_config.json"
+        values = json.loads(path.read_text())
+        values.pop("image_processor_type", None)
+        values.pop("auto_map", None)
+        path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+        return result
 
     def __call__(self, images, annotations=None, **kwargs) -> BatchFeature:
         return self.preprocess(images, annotations=annotations, **kwargs)

@@ -370,6 +370,8 @@ class PaCaViTForInstanceSegmentation(PaCaViTPreTrainedModel):
         if self._auto_class is not None:  # Hub remote code: every Auto class this model serves, not just one
             self.config.auto_map = {
                 "AutoConfig": "configuration_pacavit_maskrcnn.PaCaViTMaskRCNNConfig",
+                # the image processor is found through here (see PaCaViTMaskRCNNImageProcessor.save_pretrained)
+                "AutoImageProcessor": "image_processing_pacavit_maskrcnn.PaCaViTMaskRCNNImageProcessor",
                 **{name: "modeling_pacavit_maskrcnn.PaCaViTForInstanceSegmentation" for name in AUTO_CLASSES},
             }
         return super().save_pretrained(save_directory, *args, **kwargs)

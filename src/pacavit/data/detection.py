@@ -20,7 +20,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import logging
 from pathlib import Path
@@ -54,7 +56,8 @@ def coco_from_dict(data: dict):
     COCO, _ = _require_pycocotools()
     coco = COCO()
     coco.dataset = copy.deepcopy(data)
-    coco.createIndex()
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "creating index..."
+        coco.createIndex()
     return coco
 
 
@@ -94,26 +97,43 @@ def _digit_scene(rng: np.random.Generator, images: np.ndarray, targets: np.ndarr
 
 
 def build_digit_scenes_coco(
-    root: str | Path, num_train: int = 300, num_validation: int = 60, size: int = 96, seed: int = 0
+    root: str | Path,
+    num_train: int = 300,
+    num_validation: int = 60,
+    size: int = 96,
+    seed: int = 0,
+    digits: tuple[int, ...] = tuple(range(10)),
 ) -> Path:
-    """Write the built-in digit-scene data as a COCO-format folder under `root` (reused if already complete)."""
+    """Write the built-in digit-scene data as a COCO-format folder under `root` (reused if already complete).
+
+    `digits`: the digit classes the scenes are made of (category id `d + 1`, name `digit <d>`)."""
     from sklearn.datasets import load_digits
 
     _, mask_utils = _require_pycocotools()
     root = Path(root)
     marker = root / "annotations" / "DONE.json"
-    settings = {"num_train": num_train, "num_validation": num_validation, "size": size, "seed": seed}
+    digits = [int(d) for d in digits]
+    settings = {
+        "num_train": num_train,
+        "num_validation": num_validation,
+        "size": size,
+        "seed": seed,
+        "digits": digits,
+    }
     if marker.exists() and json.loads(marker.read_text()) == settings:
         return root
-    digits = load_digits()
-    split = int(0.8 * len(digits.target))  # validation scenes are made only of held-out scans
+    scans = load_digits()
+    split = int(0.8 * len(scans.target))  # validation scenes are made only of held-out scans
+    chosen = np.isin(scans.target, digits)
     pools = {
-        "train": (digits.images[:split], digits.target[:split], num_train),
-        "validation": (digits.images[split:], digits.target[split:], num_validation),
+        "train": (scans.images[:split][chosen[:split]], scans.target[:split][chosen[:split]], num_train),
+        "validation": (
+            scans.images[split:][chosen[split:]],
+            scans.target[split:][chosen[split:]],
+            num_validation,
+        ),
     }
-    categories = [
-        {"id": d + 1, "name": name, "supercategory": "digit"} for d, name in enumerate(DIGIT_CLASSES)
-    ]
+    categories = [{"id": d + 1, "name": DIGIT_CLASSES[d], "supercategory": "digit"} for d in digits]
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for offset, (split_name, (images, targets, count)) in enumerate(pools.items()):
         rng = np.random.default_rng([seed, offset])
