@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         model_class = getattr(pacavit, (config.architectures or ["PaCaViTModel"])[0])
     model = model_class.from_pretrained(args.model_dir, config=config).eval()
-    example = example_input(model, args.height, args.width, batch=1)
+    # a batch of 2 to trace with: an example batch of 1 would be specialised (torch.export treats size 1 as static)
+    example = example_input(model, args.height, args.width, batch=1 if args.static else 2)
     program = export_program(model, example, dynamic=not args.static)
     output = Path(args.output)
     if output.suffix == ".onnx":
