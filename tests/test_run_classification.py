@@ -95,6 +95,18 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
+def start_script(args: list[str]) -> subprocess.Popen:
+    """The script in the background (stderr kept for messages), for tests that signal it mid-run."""
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_script(
     args: list[str], launcher: list[str] | None = None, timeout: int = 300, check: bool = True, **env
 ) -> subprocess.CompletedProcess:
@@ -533,19 +545,11 @@ def test_sigkill_after_checkpoint_then_resume_latest_is_bitwise_equal(tmp_path):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     run_script([*RESUME_ARGS, "--output_dir", str(reference)])
 
-    command = [sys.executable, str(SCRIPT), *RESUME_ARGS, "--output_dir", str(interrupted)]
     for attempt in range(
         2
     ):  # a second try only if the machine was so slow that the run finished before the kill
         shutil.rmtree(interrupted, ignore_errors=True)
-        process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=subprocess_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = start_script([*RESUME_ARGS, "--output_dir", str(interrupted)])
         deadline = time.time() + 240
         # checkpoints appear atomically (renamed into place); older ones are pruned, so wait for any of them
         while not list(interrupted.glob("step_*/training_state.json")) and process.poll() is None:
@@ -592,22 +596,8 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path):
     and by the SIGKILL test)."""
     out = tmp_path / "run"
     args = [*TINY, "--max_train_samples", "128", "--per_device_train_batch_size", "16", "--num_threads", "1"]
-    command = [
-        sys.executable,
-        str(SCRIPT),
-        *args,
-        "--max_train_steps",
-        "100000",
-        "--checkpointing_steps",
-        "3",
-    ]
-    process = subprocess.Popen(
-        [*command, "--output_dir", str(out)],
-        cwd=REPO,
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = start_script(
+        [*args, "--max_train_steps", "100000", "--checkpointing_steps", "3", "--output_dir", str(out)]
     )
     deadline = time.time() + 240
     while not list(out.glob("step_*/training_state.json")):  # the loop (and its handler) is running

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from pacavit.training import (
     build_param_groups,
@@ -16,24 +17,12 @@ from pacavit.training import (
 )
 
 
-def tiny_model():
-    from pacavit import PaCaViTConfig, PaCaViTForImageClassification
-
-    config = PaCaViTConfig.from_preset(
-        "pacavit-tiny",
-        hidden_sizes=[16, 32, 48, 64],
-        num_attention_heads=[1, 1, 2, 2],
-        depths=[1, 2, 1, 1],
-        num_clusters=[8, 8, 8, 0],
-        num_labels=10,
-        layer_scale_init_value=1e-5,
-    )
-    return PaCaViTForImageClassification(config)
-
-
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model()
+    from pacavit import PaCaViTForImageClassification
+
+    # conftest's tiny widths; depths 1+1+2+1: stem, 5 blocks and the head are 7 layer-decay groups
+    return PaCaViTForImageClassification(tiny_config(num_labels=10, layer_scale_init_value=1e-5))
 
 
 def test_lr_scales_with_the_global_batch():
