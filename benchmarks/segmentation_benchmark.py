@@ -71,6 +71,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup-max-batch", type=int, default=1, help="warm up only batch sizes up to this one")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -87,8 +88,9 @@ def main(argv=None):
         times = {name: [] for name in models}
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
         with torch.inference_mode(), autocast:
-            for name, (model, upsample) in models.items():  # warm-up
-                forward(model, upsample, x)
+            for name, (model, upsample) in models.items():  # warm-up (large batches reuse the small one's)
+                if batch <= args.warmup_max_batch:
+                    forward(model, upsample, x)
             for _ in range(args.repeats):
                 for name, (model, upsample) in models.items():
                     sync()

@@ -82,10 +82,11 @@ class PaCaViTSegTokenProjection(nn.Module):
     """Linear -> BatchNorm over channels (the cluster index is the BN's length dim) -> ReLU, on `(B, M, C)` tokens:
     the k/v branches of the original head (`nn.SyncBatchNorm` there; `convert_sync_batchnorm` gives it back)."""
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, initial_scale: float = 1.0) -> None:
         super().__init__()
         self.dense = nn.Linear(in_features, out_features)
         self.batch_norm = nn.BatchNorm1d(out_features)
+        self.batch_norm.initial_scale = initial_scale  # read by _init_weights
         self.activation = nn.ReLU()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -111,7 +112,12 @@ class PaCaViTSegHead(nn.Module):
         self.query = UperNetConvModule(concat, channels, kernel_size=1)
         self.cluster_proj = UperNetConvModule(concat, channels, kernel_size=1)
         self.cluster_logits = nn.Conv2d(channels, config.num_labels, kernel_size=1)
-        self.key = PaCaViTSegTokenProjection(concat, channels)
+        # The attention is not scaled by 1/sqrt(C) (as in the original). With unit BN scales q.k starts large, the
+        # softmax over the clusters saturates and every position attends to the same cluster: the logits are
+        # spatially constant and training stalls at the class prior (measured on the digit scenes). Starting the
+        # keys' BN scale at 1/sqrt(C) is the scaled attention at initialisation; the function family is unchanged
+        # and loaded checkpoints overwrite it.
+        self.key = PaCaViTSegTokenProjection(concat, channels, initial_scale=channels**-0.5)
         self.value = PaCaViTSegTokenProjection(concat, channels)
         self.proj = UperNetConvModule(channels, channels, kernel_size=1)
         self.classifier = PaCaViTSegClassifier(channels, config.num_labels, config.decode_head_dropout)
@@ -196,7 +202,7 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, nn.BatchNorm1d):
-            init.ones_(module.weight)
+            init.constant_(module.weight, getattr(module, "initial_scale", 1.0))
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)

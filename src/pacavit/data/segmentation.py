@@ -1,6 +1,6 @@
 """Semantic-segmentation data: built-in scenes of real digit scans, 🤗 Datasets / local folders, paired transforms.
 
-- `load_digit_scenes()`: the default, offline data. Each scene is a textured background with 2-4 handwritten digits
+- `load_digit_scenes()`: the default, offline data. Each scene is a textured background with 1-3 handwritten digits
   from the scikit-learn digits scans (real 8x8 images of the UCI set, upscaled), every pixel labelled with its
   digit (1-10 for digits 0-9) or background (0). Deterministic; validation scenes use digit scans never seen in
   training.
@@ -34,13 +34,14 @@ def _scene(rng: np.random.Generator, digits: np.ndarray, size: int) -> tuple[np.
     wave = 0.1 * np.sin(2 * np.pi * (rng.uniform(0.5, 2) * xx + rng.uniform(0.5, 2) * yy + rng.uniform()))
     scene = np.clip(base[None, None] + wave[..., None] + rng.normal(0, 0.03, (size, size, 3)), 0, 1)
     labels = np.zeros((size, size), dtype=np.uint8)
-    for _ in range(rng.integers(2, 5)):
+    for _ in range(rng.integers(1, 4)):
         index = rng.integers(len(targets))
-        glyph_size = int(rng.integers(size // 4, size // 2 + 1))
+        glyph_size = int(rng.integers(size * 3 // 8, size * 5 // 8 + 1))
         glyph = Image.fromarray((images[index] / 16.0 * 255).astype(np.uint8)).resize((glyph_size, glyph_size), Image.BILINEAR)
         ink = np.asarray(glyph, dtype=np.float64) / 255.0
         top, left = rng.integers(0, size - glyph_size + 1, 2)
         colour = rng.uniform(0, 1, 3)
+        colour[rng.integers(3)] = 1.0 - base.mean()  # ink stands out from the background in one channel at least
         window = scene[top : top + glyph_size, left : left + glyph_size]
         window[:] = window * (1 - ink[..., None]) + colour[None, None] * ink[..., None]
         labels[top : top + glyph_size, left : left + glyph_size][ink > 0.5] = targets[index] + 1
