@@ -97,3 +97,23 @@ def test_timm_api_helpers():
     assert all(n.startswith("pacavit.") for n in tm.no_weight_decay())
     tm.set_grad_checkpointing(True)
     assert tm.pacavit.is_activation_checkpointing
+
+
+def test_pretrained_from_an_installed_hub_export(tmp_path, monkeypatch):
+    """`pretrained=True` downloads `model.safetensors` of the Hub id (here from an offline cache laid out by
+    `pacavit.hub install`) and loads our transformers keys through checkpoint_filter_fn."""
+    from huggingface_hub import constants
+
+    from pacavit.hub import export_folder, install_to_cache
+
+    hf, _ = _pair()
+    hf.save_pretrained(tmp_path / "src")
+    install_to_cache(export_folder(tmp_path / "src", tmp_path / "export"), "ivmcl/test-tiny", cache_dir=tmp_path / "hub")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    # the cfg's num_classes must match the weights, else timm (by design) drops the head and re-initialises it
+    tm = timm.create_model(
+        "pacavit_tiny", pretrained=True, num_classes=7, pretrained_cfg_overlay=dict(hf_hub_id="ivmcl/test-tiny", num_classes=7), **TINY
+    ).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(tm(x), hf(x).logits, rtol=0, atol=0)
