@@ -78,6 +78,8 @@ def test_bad_targets_have_clear_errors():
         model(x, labels=[_target(64, 64, [[1, 1, 9, 9]], [3])])
     with pytest.raises(ValueError, match="needs `labels`"):
         model(x)
+    with pytest.raises(ValueError, match="without the batch dimension"):  # the shared input checks
+        model(x[0], labels=[_target(64, 64, [[1, 1, 9, 9]], [0])])
 
 
 def test_inference_at_odd_sizes_and_save_load_round_trip(tmp_path):

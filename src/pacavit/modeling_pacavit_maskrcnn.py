@@ -31,7 +31,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .configuration_pacavit_maskrcnn import PaCaViTMaskRCNNConfig
-from .modeling_pacavit import PaCaViTBackbone, PaCaViTPreTrainedModel
+from .modeling_pacavit import PaCaViTBackbone, PaCaViTPreTrainedModel, check_pixel_values
 
 try:
     from transformers import initialization as init
@@ -447,11 +447,7 @@ class PaCaViTForInstanceSegmentation(PaCaViTPreTrainedModel):
         **kwargs,
     ) -> PaCaViTInstanceSegmentationOutput | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
-            raise ValueError(
-                "pixel_values must be a (batch, 3, height, width) tensor from PaCaViTMaskRCNNImageProcessor, got "
-                f"{getattr(pixel_values, 'shape', type(pixel_values).__name__)}."
-            )
+        check_pixel_values(pixel_values, self.config, self.training)  # type, rank, channels, dtype, size
         batch, _, height, width = pixel_values.shape
         if image_sizes is None:
             image_sizes = [(height, width)] * batch
