@@ -26,7 +26,6 @@ from __future__ import annotations
 import pacavit_openmp_guard  # noqa: F401  first: before torch loads OpenMP
 
 import json  # noqa: E402
-import math  # noqa: E402
 import sys  # noqa: E402
 from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -417,42 +416,20 @@ def main(argv=None) -> dict:
     lrs = T.learning_rates_from_args(args, batch)
     optimizer = T.build_optimizer(model, args, lrs["lr"])
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
-    updates_per_epoch = max(1, math.ceil(len(train_dl) / args.gradient_accumulation_steps))
-    max_steps = args.max_train_steps or int(math.ceil(args.num_train_epochs * updates_per_epoch))
+    # length in updates, resume, batches, progress, checkpoints, SIGTERM/NaN stops: the shared TrainingRun
+    run = T.TrainingRun(accelerator, args, len(train_dl), batch, resume_path)
     if args.recipe in WARMUP_ITERATIONS and args.num_warmup_steps is None:
         args.num_warmup_steps = WARMUP_ITERATIONS[args.recipe]
-    scheduler = T.build_scheduler(optimizer, args, lrs, updates_per_epoch, max_steps)
+    scheduler = T.build_scheduler(optimizer, args, lrs, run.updates_per_epoch, run.max_steps)
     T.init_tracking(accelerator, args, "run_instance_segmentation", global_batch_size=batch)
 
-    completed, history, eval_history = 0, [], []
-    if resume_path:
-        state = T.load_checkpoint(accelerator, resume_path)
-        completed, history, eval_history = (
-            state["completed_steps"],
-            state.get("history", []),
-            state.get("eval_history", []),
-        )
     train_time = 0.0
     if not args.eval_only:
-        epoch0, skip = T.resume_position(completed, updates_per_epoch, args.gradient_accumulation_steps)
-        progress = T.TrainingProgress(
-            accelerator, max_steps, completed, args.logging_steps, args.with_tracking, history
-        )
-        stop = T.StopOnSignal()
-        num_epochs = math.ceil(max_steps / updates_per_epoch)
-
-        def checkpoint(name):
-            state = dict(completed_steps=completed, history=progress.history, eval_history=eval_history)
-            return T.save_checkpoint(accelerator, args.output_dir, name, state, args.checkpoints_total_limit)
-
-        model.train()
-        for epoch in range(epoch0, num_epochs):
-            for _, data in T.epoch_batches(
-                accelerator, train_dl, epoch, args.seed, skip if epoch == epoch0 else 0, train_set
-            ):
-                if completed >= max_steps:
-                    break
-                scheduler.step_update(completed)
+        run.start()
+        for epoch in run.epochs():
+            model.train()
+            for data in run.batches(train_dl, epoch, train_set):
+                scheduler.step_update(run.completed_steps)
                 with accelerator.accumulate(model):
                     loss = model(
                         pixel_values=data["pixel_values"],
@@ -466,27 +443,20 @@ def main(argv=None) -> dict:
                     optimizer.zero_grad()
                 if not accelerator.sync_gradients:
                     continue
-                completed += 1
                 value = accelerator.reduce(loss.detach(), "mean").item()
-                T.check_finite_loss(value, completed, epoch)
-                progress.update(
-                    completed, value, T.current_lr(optimizer), epoch, data["pixel_values"].shape[0]
-                )
-                if isinstance(args.checkpointing_steps, int) and completed % args.checkpointing_steps == 0:
-                    checkpoint(f"step_{completed}")
-                if stop.requested(accelerator):
-                    stop.exit(accelerator, checkpoint(f"step_{completed}"))
-            if args.checkpointing_steps == "epoch":
-                checkpoint(f"epoch_{epoch + 1}")
-            if (
-                args.eval_every_epochs
-                and (epoch + 1) % args.eval_every_epochs == 0
-                and epoch + 1 < num_epochs
-            ):
+                run.update_done(value, T.current_lr(optimizer), epoch, data["pixel_values"].shape[0])
+                if run.done:
+                    break
+            evaluate_now = args.eval_every_epochs and (epoch + 1) % args.eval_every_epochs == 0
+            if run.epoch_finished and evaluate_now and not run.done:
                 record = evaluate(model, eval_dl, accelerator, processor, eval_set)
-                eval_history.append(dict(record, step=completed, epoch=epoch + 1))
-                progress.log_eval({k: v for k, v in record.items() if k in ("bbox_AP", "segm_AP")}, completed)
-        train_time = progress.close()
+                run.log_eval(
+                    {f"eval_{k}": v for k, v in record.items()}
+                    | {"step": run.completed_steps, "epoch": epoch + 1}
+                )
+            run.epoch_done(epoch)
+        train_time = run.finish()
+    completed, history, eval_history = run.completed_steps, run.history, run.eval_history
 
     results = evaluate(model, eval_dl, accelerator, processor, eval_set)
     all_results = dict(
