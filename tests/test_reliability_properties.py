@@ -26,8 +26,9 @@ PRESETS = {
 OUT_FEATURES = ["stage1", "stage2", "stage3", "stage4"]
 STRIDES = [4, 8, 16, 32]
 PROPERTY_SETTINGS = settings(
-    max_examples=10, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=8, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
+HEAVY_SETTINGS = settings(PROPERTY_SETTINGS, max_examples=5)  # segmentation, detection, training steps
 
 
 def expected_grid(size: int, stride: int) -> int:
@@ -119,7 +120,7 @@ def test_base_models_take_any_valid_input(cls, preset, batch, height, width):
 
 @pytest.mark.skipif(not SEGMENTATION, reason="the segmentation models are not available")
 @pytest.mark.parametrize("head", sorted(SEGMENTATION))
-@PROPERTY_SETTINGS
+@HEAVY_SETTINGS
 @given(preset=presets, batch=batches, height=sizes, width=sizes)
 def test_segmentation_models_take_any_valid_input(head, preset, batch, height, width):
     model = SEGMENTATION[head](preset)
@@ -136,7 +137,7 @@ def test_segmentation_models_take_any_valid_input(head, preset, batch, height, w
     _check_batch_independence(tensors, model, pixel_values, call)
 
 
-@PROPERTY_SETTINGS
+@HEAVY_SETTINGS
 @given(preset=presets, height=st.integers(min_value=1, max_value=70), width=st.integers(min_value=1, max_value=70))
 def test_training_forward_and_backward_work_wherever_the_teacher_allows(preset, height, width):
     """Training mode (dropout, drop-path, BatchNorm batch statistics): loss and gradients are finite for a batch
@@ -165,7 +166,7 @@ def detection_model():
     return _detection_model()
 
 
-@PROPERTY_SETTINGS
+@HEAVY_SETTINGS
 @given(batch=batches, height=sizes, width=sizes)
 def test_mask_rcnn_takes_any_valid_input(batch, height, width):
     model = detection_model()
