@@ -101,6 +101,10 @@ def main(argv=None):
         for name, values in times.items():
             median = statistics.median(values)
             results.append(dict(model=name, batch=batch, median_s=median, min_s=min(values), max_s=max(values), images_per_s=batch / median))
+            print(f"measured {name} batch {batch}: {batch / median:.3f} img/s", flush=True)
+        if args.out:  # after every batch size, so an interrupted run keeps what it measured
+            with open(args.out, "w") as f:
+                json.dump(dict(results=results, args=vars(args), partial=True), f, indent=1)
     by = {(r["model"], r["batch"]): r for r in results}
     print(f"{'model':26s} {'batch':>5s} {'img/s':>8s} {'s/batch':>8s}")
     for r in results:
