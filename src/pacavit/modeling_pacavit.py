@@ -150,7 +150,7 @@ def check_pixel_values(pixel_values, config: PaCaViTConfig, training: bool = Fal
         elif shape[1] in (1, 2, 4) and channels == 3:
             hint = (
                 "Convert grayscale/RGBA images to RGB (`image.convert('RGB')`, or an image processor with "
-                "do_convert_rgb=True, as the ones saved by pacavit are)."
+                "do_convert_rgb=True)."
             )
         else:
             hint = f"Check the image channels or build the model with num_channels={shape[1]}."
