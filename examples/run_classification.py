@@ -36,7 +36,6 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
 from pacavit import PaCaViTConfig  # (importing pacavit registers PaCa-ViT with the Auto classes)
@@ -50,7 +49,7 @@ from pacavit.data import (
     select_splits,
     split_train_validation,
 )
-from pacavit.hub import hub_preflight, push_folder
+from pacavit.hub import push_folder
 from pacavit.metrics import TopKAccuracy, topk_predictions
 from pacavit.model_card import (
     CardMetric,
@@ -63,17 +62,13 @@ from pacavit.training import (
     TrainingRun,
     build_optimizer,
     build_scheduler,
-    check_output_dir,
-    configure_threads,
     current_lr,
     global_batch_size,
     hardware_description,
     init_tracking,
     learning_rates_from_args,
-    make_accelerator,
     process_ranks,
-    resolve_resume_path,
-    setup_logging,
+    setup_run,
     teardown,
     wall_time,
     write_json,
@@ -263,26 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
         + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     )
 
-    accelerator = make_accelerator(args)
-    setup_logging(accelerator)
-    logger.info(accelerator.state, main_process_only=False)
-    num_threads = configure_threads(args.num_threads, accelerator)
-    logger.info(f"Using {num_threads} torch thread(s) per process; {accelerator.num_processes} process(es).")
-    set_seed(args.seed)
-
-    if not args.eval_only:  # refuse to mix this run into another one's folder
-        check_output_dir(
-            args.output_dir,
-            args.overwrite_output_dir,
-            resuming=bool(args.resume_from_checkpoint),
-            remove_stale=accelerator.is_main_process,
-        )
-    repo_id = None
-    if args.push_to_hub and accelerator.is_main_process:
-        repo_id = hub_preflight(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private)
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
-    accelerator.wait_for_everyone()
+    # Accelerator, logging, threads, seed, resume point, output-folder guard, Hub preflight
+    setup = setup_run(args, guard_output_dir=not args.eval_only)
+    accelerator, num_threads, resume_path = setup.accelerator, setup.num_threads, setup.resume_path
 
     # ---------------------------------------------------------------- data
     with accelerator.main_process_first():
@@ -413,11 +391,6 @@ def main(argv: list[str] | None = None) -> dict:
         model_ema.to(accelerator.device)
         accelerator.register_for_checkpointing(model_ema)  # saved and restored with the checkpoints
 
-    resume_path = resolve_resume_path(args.resume_from_checkpoint, args.output_dir)
-    if args.resume_from_checkpoint == "latest" and resume_path is None:
-        logger.warning(
-            f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir}; starting afresh."
-        )
     # length in updates, and the resumed position (loads the checkpoint: after prepare/register)
     run = TrainingRun(accelerator, args, len(train_dataloader), batch_size, resume_path)
     args.max_train_steps = run.max_steps
@@ -619,7 +592,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "Usage": (
                     "```python\nimport pacavit  # registers PaCa-ViT with the transformers Auto classes\n"
                     "from transformers import pipeline\n\n"
-                    f'classifier = pipeline("image-classification", model="{repo_id or str(out)}")\n'
+                    f'classifier = pipeline("image-classification", model="{setup.repo_id or str(out)}")\n'
                     "classifier(image)  # a PIL image\n```"
                 ),
             },
@@ -630,7 +603,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"wall time {results['wall_time_s']:.1f} s; saved to {out}"
         )
         if args.push_to_hub:
-            push_folder(repo_id, out, token=args.hub_token, commit_message="run_classification.py")
+            push_folder(setup.repo_id, out, token=args.hub_token, commit_message="run_classification.py")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results

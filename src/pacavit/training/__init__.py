@@ -7,7 +7,8 @@ Modules
                   lists each recipe's value), the shared flag groups `add_optimization_arguments` /
                   `add_running_arguments`, their recipe-controlled defaults `OPTIMIZATION_DEFAULTS`, and
                   `validate_training_args`.
-- `runtime`    -- `make_accelerator` (mixed precision, seedable sampler, tracking, project dir),
+- `runtime`    -- `setup_run` (the shared start: all of the below plus seed, resume path, output guard, Hub
+                  preflight), `make_accelerator` (mixed precision, seedable sampler, tracking, project dir),
                   `setup_logging`, `configure_threads`, `hardware_description`, `wall_time`, `teardown`.
                   The OpenMP spin guard is the top-level module `pacavit_openmp_guard` (it must run before
                   torch is imported, which any `pacavit` import does).
@@ -47,10 +48,8 @@ Call sequence of a task script
     T.add_optimization_arguments(parser); T.add_running_arguments(parser, output_dir="runs/...")
     args = T.validate_training_args(parser.parse_args(argv))
 
-    accelerator = T.make_accelerator(args); T.setup_logging(accelerator)
-    num_threads = T.configure_threads(args.num_threads, accelerator); set_seed(args.seed)
-    resume_path = T.resolve_resume_path(args.resume_from_checkpoint, args.output_dir)
-    T.check_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(args.resume_from_checkpoint))
+    setup = T.setup_run(args)  # Accelerator, logging, threads, seed, resume path, output guard, Hub preflight
+    accelerator, resume_path = setup.accelerator, setup.resume_path
     ...data, model (task code)...
     batch = T.global_batch_size(...); lrs = T.learning_rates_from_args(args, batch)
     optimizer = T.build_optimizer(model, args, lrs["lr"], lr_multipliers={"decode_head.*": 10.0})
@@ -128,11 +127,13 @@ from .optim import (
 from .run import TrainingRun
 from .runtime import (
     PROCESS_START,
+    RunSetup,
     available_cores,
     configure_threads,
     hardware_description,
     make_accelerator,
     setup_logging,
+    setup_run,
     teardown,
     wall_time,
 )
@@ -145,6 +146,7 @@ __all__ = [
     "OPTIMIZATION_DEFAULTS",
     "PROCESS_START",
     "RecipeArgumentParser",
+    "RunSetup",
     "SCHEDULERS",
     "StopOnSignal",
     "TRAINING_STATE",
@@ -180,6 +182,7 @@ __all__ = [
     "save_checkpoint",
     "scale_learning_rates",
     "setup_logging",
+    "setup_run",
     "teardown",
     "validate_training_args",
     "wall_time",

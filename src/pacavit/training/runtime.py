@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +25,8 @@ except ImportError:  # the package used without its top-level helper module (e.g
 from ..utils import require
 
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(name)s - %(message)s"
+
+logger = logging.getLogger(__name__)
 
 
 def wall_time() -> float:
@@ -111,6 +114,55 @@ def hardware_description(accelerator, num_threads: int) -> str:
         )
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
     return f"{device}; {versions}, Python {platform.python_version()}"
+
+
+@dataclass
+class RunSetup:
+    accelerator: object
+    num_threads: int
+    resume_path: Path | None  # the checkpoint to resume from (None: start afresh)
+    repo_id: str | None  # the Hub repository when --push_to_hub (created by the preflight)
+
+
+def setup_run(args, guard_output_dir: bool = True) -> RunSetup:
+    """The start every task script shares, on every process: the Accelerator (`make_accelerator`), logging,
+    CPU threads, `set_seed(args.seed)`, the checkpoint to resume from (--resume_from_checkpoint; 'latest'
+    without any checkpoint starts afresh, with a warning), the output-folder guard (`check_output_dir`,
+    skipped with `guard_output_dir=False`, e.g. for evaluation only), the Hub preflight (--push_to_hub) and
+    the output folder itself."""
+    from accelerate.utils import set_seed
+
+    from ..hub import hub_preflight
+    from .checkpoint import check_output_dir, resolve_resume_path
+
+    accelerator = make_accelerator(args)
+    setup_logging(accelerator)
+    logger.info(accelerator.state)
+    num_threads = configure_threads(args.num_threads, accelerator)
+    if accelerator.is_main_process:
+        logger.info(
+            f"Using {num_threads} torch thread(s) per process; {accelerator.num_processes} process(es)."
+        )
+    set_seed(args.seed)
+    resume_path = resolve_resume_path(args.resume_from_checkpoint, args.output_dir)
+    if args.resume_from_checkpoint == "latest" and resume_path is None and accelerator.is_main_process:
+        logger.warning(
+            f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir}; starting afresh."
+        )
+    if guard_output_dir:  # refuse to mix this run into another one's folder
+        check_output_dir(
+            args.output_dir,
+            args.overwrite_output_dir,
+            resuming=resume_path is not None,
+            remove_stale=accelerator.is_main_process,
+        )
+    repo_id = None
+    if args.push_to_hub and accelerator.is_main_process:
+        repo_id = hub_preflight(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+    accelerator.wait_for_everyone()
+    return RunSetup(accelerator, num_threads, resume_path, repo_id)
 
 
 def teardown(exit_code: int = 0) -> None:
