@@ -313,8 +313,8 @@ def evaluate(model, dataloader, accelerator, processor, eval_set) -> dict:
     return evaluator.compute() if accelerator.is_main_process else {}
 
 
-def write_figure(model, processor, eval_set, path: Path, count: int) -> None:
-    """Held-out scenes with the detected boxes, labels, scores and masks (score > 0.5)."""
+def write_figure(model, processor, eval_set, path: Path, count: int, threshold: float = 0.3) -> None:
+    """Held-out scenes with the detected boxes, labels, scores and masks (score > `threshold`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -333,7 +333,7 @@ def write_figure(model, processor, eval_set, path: Path, count: int) -> None:
         with torch.no_grad():
             outputs = model(**inputs)
         result = processor.post_process_instance_segmentation(
-            outputs, threshold=0.5, return_binary_maps=True
+            outputs, threshold=threshold, return_binary_maps=True
         )[0]
         canvas = np.asarray(image, dtype=np.float64) / 255
         for k, segment in enumerate(result["segments_info"]):
