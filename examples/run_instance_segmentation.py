@@ -253,21 +253,11 @@ def build_model(args, id2label) -> PaCaViTForInstanceSegmentation:
         ).items()
         if v is not None
     }
-    backbone = PaCaViTConfig.from_preset(args.preset, **overrides).to_dict()
-    for key in (
-        "model_type",
-        "transformers_version",
-        "id2label",
-        "label2id",
-        "num_labels",
-        "out_features",
-        "out_indices",
-        "stage_names",
-    ):
-        backbone.pop(key, None)
-    backbone.update(args.detector_overrides or {})
-    config = PaCaViTMaskRCNNConfig(
-        **backbone, id2label=id2label, label2id={v: k for k, v in id2label.items()}
+    config = PaCaViTMaskRCNNConfig.from_backbone_config(
+        PaCaViTConfig.from_preset(args.preset, **overrides),
+        **(args.detector_overrides or {}),
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
     )
     model = PaCaViTForInstanceSegmentation(config)
     if args.backbone_name_or_path:  # the original configs start from the ImageNet weights

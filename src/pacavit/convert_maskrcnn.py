@@ -306,20 +306,6 @@ def build_maskrcnn_config(
             "The checkpoint has no 'backbone.' keys: it is not an mmdet Mask R-CNN checkpoint."
         )
     backbone = build_config(backbone_keys, "backbone", preset, original_config_backbone)
-    values = backbone.to_dict()
-    for key in (
-        "model_type",
-        "transformers_version",
-        "architectures",
-        "id2label",
-        "label2id",
-        "num_labels",
-        "out_features",
-        "out_indices",
-        "stage_names",
-        "_name_or_path",
-    ):
-        values.pop(key, None)
     settings = detector_settings(_head_dicts(original_config), state_dict)
     num_labels = settings.pop("num_labels")
     if class_names is None and num_labels == len(COCO_CLASSES):
@@ -329,8 +315,8 @@ def build_maskrcnn_config(
             f"meta.dataset_meta.classes has {len(class_names)} names for {num_labels} classes."
         )
     names = class_names or [f"LABEL_{i}" for i in range(num_labels)]
-    return PaCaViTMaskRCNNConfig(
-        **values,
+    return PaCaViTMaskRCNNConfig.from_backbone_config(
+        backbone,
         **settings,
         id2label={i: n for i, n in enumerate(names)},
         label2id={n: i for i, n in enumerate(names)},
