@@ -441,7 +441,9 @@ def main(argv=None) -> dict:
             if run.epoch_finished and evaluate_now and not run.done:
                 record = evaluate(model, eval_dl, accelerator, processor, eval_set)
                 run.log_eval(
-                    {f"eval_{k}": v for k, v in record.items()}
+                    {
+                        f"eval_{k}": v for k, v in record.items() if v is not None
+                    }  # None: no object of that size
                     | {"step": run.completed_steps, "epoch": epoch + 1}
                 )
             run.epoch_done(epoch)

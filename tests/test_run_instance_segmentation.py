@@ -41,11 +41,11 @@ def test_default_script_end_to_end(tmp_path):
                 "--output_dir",
                 str(out),
                 "--max_train_steps",
-                "3",
+                "5",
                 "--per_device_train_batch_size",
                 "2",
                 "--eval_every_epochs",
-                "0",
+                "1",
                 "--num_figure_scenes",
                 "2",
                 "--num_threads",
@@ -55,7 +55,7 @@ def test_default_script_end_to_end(tmp_path):
     finally:  # in-process runs leave accelerate's singletons behind
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
-    assert results["completed_steps"] == 3
+    assert results["completed_steps"] == 5  # 4 updates per epoch: one evaluation after epoch 1
     for key in ("eval_bbox_AP", "eval_bbox_AP50", "eval_segm_AP", "eval_segm_AP75"):
         assert key in results and (results[key] is None or 0.0 <= results[key] <= 1.0)
     for name in (
