@@ -31,10 +31,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from accelerate.logging import get_logger  # noqa: E402
 from accelerate.utils import set_seed  # noqa: E402
-from transformers import SegformerImageProcessor  # noqa: E402
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
 from pacavit import PaCaViTForSemanticSegmentation, PaCaViTSegmentationConfig  # noqa: E402
 from pacavit import training as T  # noqa: E402
+from pacavit.convert_segmentation import save_segmentation_image_processor  # noqa: E402
 from pacavit.data.segmentation import (  # noqa: E402
     DIGIT_SCENE_LABELS,
     SegmentationTransform,
@@ -47,7 +48,6 @@ from pacavit.metrics.segmentation import MeanIoU, per_image_confusion  # noqa: E
 from pacavit.model_card import CardMetric, hardware_section, recipe_section, write_model_card  # noqa: E402
 
 logger = get_logger(__name__)
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 BASE_DEFAULTS = dict(
     T.OPTIMIZATION_DEFAULTS,
@@ -186,8 +186,8 @@ def load_data(args):
 
 
 def transforms(args, num_labels, train):
-    return SegmentationTransform(train=train, crop_size=args.crop_size, scale=args.scale, image_mean=IMAGENET_MEAN,
-                                 image_std=IMAGENET_STD, num_labels=num_labels, reduce_labels=args.do_reduce_labels,
+    return SegmentationTransform(train=train, crop_size=args.crop_size, scale=args.scale, image_mean=IMAGENET_DEFAULT_MEAN,
+                                 image_std=IMAGENET_DEFAULT_STD, num_labels=num_labels, reduce_labels=args.do_reduce_labels,
                                  ratio_range=args.ratio_range, flip_prob=args.flip_prob, photometric=args.photometric)
 
 
@@ -345,8 +345,7 @@ def main(argv=None) -> dict:
         # with auto_map + the model files: loads as Hub remote code (SyncBatchNorm keeps BatchNorm's keys, so a
         # distributed run's folder loads as plain BatchNorm)
         unwrapped.save_pretrained(out)
-        SegformerImageProcessor(size={"height": args.crop_size, "width": args.crop_size}, image_mean=IMAGENET_MEAN,
-                                image_std=IMAGENET_STD, do_reduce_labels=args.do_reduce_labels).save_pretrained(out)
+        save_segmentation_image_processor(out, crop_size=args.crop_size, do_reduce_labels=args.do_reduce_labels)
         hardware = T.hardware_description(accelerator, num_threads)
         write_model_card(
             out / "README.md",

@@ -245,12 +245,13 @@ def save_segmentation_image_processor(output_dir: Path, crop_size: int = 512, do
     """transformers' SegformerImageProcessor with the mmseg ADE20K test pipeline's values (resize to the training
     crop, ImageNet mean/std), so users of the folder need nothing from this package to preprocess."""
     from transformers import SegformerImageProcessor
+    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     processor = SegformerImageProcessor(
         do_resize=True,
         size={"height": crop_size, "width": crop_size},
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
         do_reduce_labels=do_reduce_labels,
     )
     processor.save_pretrained(output_dir)

@@ -24,9 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 
 def mmdet_rescale_size(height: int, width: int, shortest_edge: int, longest_edge: int) -> tuple[int, int]:
@@ -90,8 +88,8 @@ class PaCaViTMaskRCNNImageProcessor(BaseImageProcessor):
         self.do_resize = do_resize
         self.size = dict(size) if size else {"shortest_edge": 800, "longest_edge": 1333}
         self.do_normalize = do_normalize
-        self.image_mean = list(image_mean if image_mean is not None else IMAGENET_MEAN)
-        self.image_std = list(image_std if image_std is not None else IMAGENET_STD)
+        self.image_mean = list(image_mean if image_mean is not None else IMAGENET_DEFAULT_MEAN)
+        self.image_std = list(image_std if image_std is not None else IMAGENET_DEFAULT_STD)
         self.size_divisor = size_divisor
 
     def save_pretrained(self, save_directory, *args, **kwargs):
