@@ -60,6 +60,7 @@ from pacavit.model_card import (
 )
 from pacavit.training import (
     TrainingRun,
+    backward_and_step,
     build_optimizer,
     build_scheduler,
     current_lr,
@@ -455,14 +456,7 @@ def main(argv: list[str] | None = None) -> dict:
                 with accelerator.autocast():
                     logits = model(pixel_values=pixel_values).logits
                 loss = criterion(logits.float(), targets)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.clip_grad is not None:
-                    if args.clip_mode == "norm":
-                        accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
-                    else:
-                        accelerator.clip_grad_value_(model.parameters(), args.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                backward_and_step(accelerator, model, loss, optimizer, args.clip_grad, args.clip_mode)
             update_losses.append(loss.detach().float())
             if not accelerator.sync_gradients:
                 continue

@@ -32,7 +32,6 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 from accelerate.logging import get_logger  # noqa: E402
-from accelerate.utils import set_seed  # noqa: E402
 
 from pacavit import PaCaViTConfig, PaCaViTForInstanceSegmentation, PaCaViTMaskRCNNConfig  # noqa: E402
 from pacavit import PaCaViTMaskRCNNImageProcessor  # noqa: E402
@@ -55,11 +54,7 @@ logger = get_logger(__name__)
 
 BASE_DEFAULTS = dict(
     T.OPTIMIZATION_DEFAULTS,
-    preset="pacavit-tiny",
-    hidden_sizes=None,
-    depths=None,
-    num_attention_heads=None,
-    num_clusters=None,
+    **T.ARCHITECTURE_DEFAULTS,
     detector_overrides=None,
     train_short_sides=list(MULTI_SCALE_SHORT_SIDES),
     max_size=1333,
@@ -177,11 +172,7 @@ def parse_args(argv=None):
     m.add_argument(
         "--backbone_name_or_path", default=None, help="PaCa-ViT (ImageNet) weights for the backbone."
     )
-    m.add_argument("--preset", default=None)
-    m.add_argument("--hidden_sizes", type=int, nargs=4, default=None)
-    m.add_argument("--depths", type=int, nargs=4, default=None)
-    m.add_argument("--num_attention_heads", type=int, nargs=4, default=None)
-    m.add_argument("--num_clusters", type=int, nargs=4, default=None)
+    T.add_architecture_arguments(m)
     m.add_argument(
         "--detector_overrides", type=json.loads, default=None, help="JSON of PaCaViTMaskRCNNConfig fields."
     )
@@ -357,13 +348,9 @@ def write_figure(model, processor, eval_set, path: Path, count: int, threshold: 
 # --------------------------------------------------------------------------------------------
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    accelerator = T.make_accelerator(args)
-    T.setup_logging(accelerator)
-    num_threads = T.configure_threads(args.num_threads, accelerator)
-    set_seed(args.seed)
-    resume_path = T.resolve_resume_path(args.resume_from_checkpoint, args.output_dir)
-    if not args.eval_only:
-        T.check_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(resume_path))
+    # Accelerator, logging, threads, seed, resume point, output-folder guard, Hub preflight
+    setup = T.setup_run(args, guard_output_dir=not args.eval_only)
+    accelerator, num_threads, resume_path = setup.accelerator, setup.num_threads, setup.resume_path
 
     with accelerator.main_process_first():  # the built-in data is written once
         train_set, eval_set, dataset_label = load_data(args)
@@ -426,11 +413,7 @@ def main(argv=None) -> dict:
                         image_sizes=data["image_sizes"],
                         labels=data["labels"],
                     ).loss
-                    accelerator.backward(loss)
-                    if args.clip_grad and accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
-                    optimizer.step()
-                    optimizer.zero_grad()
+                    T.backward_and_step(accelerator, model, loss, optimizer, args.clip_grad, args.clip_mode)
                 if not accelerator.sync_gradients:
                     continue
                 value = accelerator.reduce(loss.detach(), "mean").item()

@@ -30,7 +30,6 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from accelerate.logging import get_logger  # noqa: E402
-from accelerate.utils import set_seed  # noqa: E402
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
 from pacavit import PaCaViTForSemanticSegmentation, PaCaViTSegmentationConfig  # noqa: E402
@@ -51,11 +50,7 @@ logger = get_logger(__name__)
 
 BASE_DEFAULTS = dict(
     T.OPTIMIZATION_DEFAULTS,
-    preset="pacavit-tiny",
-    hidden_sizes=None,
-    depths=None,
-    num_attention_heads=None,
-    num_clusters=None,
+    **T.ARCHITECTURE_DEFAULTS,
     decode_head="paca",
     decode_head_hidden_size=None,
     crop_size=512,
@@ -129,11 +124,7 @@ def parse_args(argv=None):
     g.add_argument("--photometric", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
     m = parser.add_argument_group("model")
     m.add_argument("--model_name_or_path", default=None, help="A PaCa-ViT (ImageNet) or segmentation checkpoint.")
-    m.add_argument("--preset", default=None)
-    m.add_argument("--hidden_sizes", type=int, nargs=4, default=None)
-    m.add_argument("--depths", type=int, nargs=4, default=None)
-    m.add_argument("--num_attention_heads", type=int, nargs=4, default=None)
-    m.add_argument("--num_clusters", type=int, nargs=4, default=None, help="Dense-task clusters (original: 200 200 200 0).")
+    T.add_architecture_arguments(m, clusters_help="Dense-task clusters (original: 200 200 200 0).")
     m.add_argument("--decode_head", choices=["paca", "upernet"], default=None)
     m.add_argument("--decode_head_hidden_size", type=int, default=None)
     m.add_argument("--head_lr_mult", type=float, default=None, help="lr factor for the heads and the last clustering layers.")
@@ -270,13 +261,9 @@ def write_figure(model, dataset, transform, path: Path, count: int) -> None:
 # --------------------------------------------------------------------------------------------
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    accelerator = T.make_accelerator(args)
-    T.setup_logging(accelerator)
-    num_threads = T.configure_threads(args.num_threads, accelerator)
-    set_seed(args.seed)
-    resume_path = T.resolve_resume_path(args.resume_from_checkpoint, args.output_dir)
-    if not args.eval_only:
-        T.check_output_dir(args.output_dir, args.overwrite_output_dir, resuming=bool(resume_path))
+    # Accelerator, logging, threads, seed, resume point, output-folder guard, Hub preflight
+    setup = T.setup_run(args, guard_output_dir=not args.eval_only)
+    accelerator, num_threads, resume_path = setup.accelerator, setup.num_threads, setup.resume_path
 
     raw, id2label, dataset_label = load_data(args)
     model = build_model(args, id2label)
@@ -314,11 +301,7 @@ def main(argv=None) -> dict:
                 scheduler.step_update(run.completed_steps)
                 with accelerator.accumulate(model):
                     loss = model(**data).loss
-                    accelerator.backward(loss)
-                    if args.clip_grad and accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
-                    optimizer.step()
-                    optimizer.zero_grad()
+                    T.backward_and_step(accelerator, model, loss, optimizer, args.clip_grad, args.clip_mode)
                 if not accelerator.sync_gradients:
                     continue
                 value = accelerator.reduce(loss.detach(), "mean").item()

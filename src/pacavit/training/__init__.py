@@ -4,8 +4,8 @@ instance segmentation). Needs the `train` extra: `pip install "pacavit[train]"`.
 Modules
 -------
 - `args`       -- `RecipeArgumentParser` (precedence: explicit flag > --recipe > base defaults; --help
-                  lists each recipe's value), the shared flag groups `add_optimization_arguments` /
-                  `add_running_arguments`, their recipe-controlled defaults `OPTIMIZATION_DEFAULTS`, and
+                  lists each recipe's value), the shared flag groups `add_architecture_arguments` / `add_optimization_arguments` /
+                  `add_running_arguments`, their recipe-controlled defaults `ARCHITECTURE_DEFAULTS` / `OPTIMIZATION_DEFAULTS`, and
                   `validate_training_args`.
 - `runtime`    -- `setup_run` (the shared start: all of the below plus seed, resume path, output guard, Hub
                   preflight), `make_accelerator` (mixed precision, seedable sampler, tracking, project dir),
@@ -21,7 +21,7 @@ Modules
                   `list_checkpoints` / `find_latest_checkpoint` (complete checkpoints only),
                   `resolve_resume_path`, `load_checkpoint`, `resume_position`, `check_output_dir`.
 - `loop`       -- `epoch_batches` (sampler epoch, mid-epoch skip, per-step seeding), `StopOnSignal`
-                  (SIGTERM -> checkpoint and exit 143), `check_finite_loss`, `TrainingProgress` (tqdm, log
+                  (SIGTERM -> checkpoint and exit 143), `backward_and_step`, `check_finite_loss`, `TrainingProgress` (tqdm, log
                   lines, tracking, history), `init_tracking`, `write_run_files` (all_results.json,
                   train_log.json), `process_ranks`, `json_default`.
 - `run`        -- `TrainingRun`: one run's bookkeeping over those pieces (length in updates, resume, the
@@ -78,9 +78,11 @@ Call sequence of a task script
 """
 
 from .args import (
+    ARCHITECTURE_DEFAULTS,
     OPTIMIZATION_DEFAULTS,
     SCHEDULERS,
     RecipeArgumentParser,
+    add_architecture_arguments,
     add_optimization_arguments,
     add_running_arguments,
     apply_recipe,
@@ -105,6 +107,7 @@ from .loop import (
     NonFiniteLossError,
     StopOnSignal,
     TrainingProgress,
+    backward_and_step,
     check_finite_loss,
     epoch_batches,
     init_tracking,
@@ -139,6 +142,8 @@ from .runtime import (
 )
 
 __all__ = [
+    "ARCHITECTURE_DEFAULTS",
+    "add_architecture_arguments",
     "CHECKPOINT_PATTERN",
     "EXIT_INTERRUPTED",
     "NO_WEIGHT_DECAY",
@@ -159,6 +164,7 @@ __all__ = [
     "build_optimizer",
     "build_param_groups",
     "build_scheduler",
+    "backward_and_step",
     "check_finite_loss",
     "check_output_dir",
     "configure_threads",

@@ -128,6 +128,21 @@ OPTIMIZATION_DEFAULTS: dict = dict(
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "wsd")
 
 
+# The backbone architecture flags of the dense-task scripts (recipe-controlled, so their parser defaults are None).
+ARCHITECTURE_DEFAULTS: dict = dict(
+    preset="pacavit-tiny", hidden_sizes=None, depths=None, num_attention_heads=None, num_clusters=None
+)
+
+
+def add_architecture_arguments(group, clusters_help: str | None = None) -> None:
+    """--preset and its per-stage overrides (4 values each) for a PaCa-ViT backbone built from scratch."""
+    group.add_argument("--preset", default=None, help="PaCa-ViT preset (pacavit.list_presets()).")
+    group.add_argument("--hidden_sizes", type=int, nargs=4, default=None)
+    group.add_argument("--depths", type=int, nargs=4, default=None)
+    group.add_argument("--num_attention_heads", type=int, nargs=4, default=None)
+    group.add_argument("--num_clusters", type=int, nargs=4, default=None, help=clusters_help)
+
+
 def add_optimization_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Batch sizes, epochs/updates, lr scaling with the global batch, warm-up, schedule, AdamW, clipping."""
     g = parser.add_argument_group("optimisation")

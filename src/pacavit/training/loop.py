@@ -108,6 +108,20 @@ class StopOnSignal:
         self._previous = {}
 
 
+def backward_and_step(accelerator, model, loss, optimizer, clip_grad: float | None = None, clip_mode: str = "norm"):
+    """The optimizer half of one micro-batch, inside `with accelerator.accumulate(model):`: backward, gradient
+    clipping (by norm or value) on the micro-batch that completes an update, step and zero_grad. Under
+    accumulation Accelerate's wrapped optimizer skips step/zero_grad until the gradients are synchronised."""
+    accelerator.backward(loss)
+    if clip_grad and accelerator.sync_gradients:
+        if clip_mode == "norm":
+            accelerator.clip_grad_norm_(model.parameters(), clip_grad)
+        else:
+            accelerator.clip_grad_value_(model.parameters(), clip_grad)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN/inf; training stops instead of updating the weights further."""
 
