@@ -440,6 +440,21 @@ def save_image_processor(output_dir: Path, config: PaCaViTConfig) -> None:
     build_eval_image_processor(size, crop_pct=0.9, interpolation="bicubic").save_pretrained(output_dir)
 
 
+def load_and_save_converted(model_class, config, converted: dict, output_dir, save_processor=None):
+    """Strictly load converted weights into a fresh `model_class(config)` and save it (and, through
+    `save_processor(folder)`, its image processor) atomically: concurrent or killed conversions never leave a
+    half-written folder. Every task's converter ends here; returns the model in eval mode."""
+    with no_init_weights():  # every weight is overwritten by the strict load below
+        model = model_class(config).eval()
+    check_against_model(converted, model)
+    model.load_state_dict(converted, strict=True)
+    with atomic_directory(Path(output_dir)) as tmp:
+        model.save_pretrained(tmp)
+        if save_processor is not None:
+            save_processor(tmp)
+    return model
+
+
 def convert_checkpoint(
     checkpoint: str | Path,
     output_dir: str | Path,
@@ -469,15 +484,8 @@ def convert_checkpoint(
     config = build_config(backbone_only, task, preset, original_config)
     converted, report = convert_state_dict(state_dict, config, task)
     model_class = PaCaViTForImageClassification if task == "image-classification" else PaCaViTBackbone
-    with no_init_weights():  # every weight is overwritten by the strict load below
-        model = model_class(config).eval()
-    check_against_model(converted, model)
-    model.load_state_dict(converted, strict=True)
-    output_dir = Path(output_dir)
-    with atomic_directory(output_dir) as tmp:  # concurrent or killed conversions never leave a half folder
-        model.save_pretrained(tmp)
-        if task == "image-classification":
-            save_image_processor(tmp, config)
+    save_processor = (lambda folder: save_image_processor(folder, config)) if task == "image-classification" else None
+    model = load_and_save_converted(model_class, config, converted, output_dir, save_processor)
     if verbose:
         print(report.summary())
         print(f"saved {model_class.__name__} to {output_dir}")

@@ -360,15 +360,12 @@ def convert_maskrcnn_checkpoint(
     verbose: bool = True,
 ):
     """Convert an mmdet Mask R-CNN checkpoint; save model + image processor to `output_dir`; return the model."""
-    from .convert import check_against_model, extract_state_dict, no_init_weights
+    from .convert import extract_state_dict, load_and_save_converted
     from .image_processing_pacavit_maskrcnn import PaCaViTMaskRCNNImageProcessor
     from .modeling_pacavit_maskrcnn import PaCaViTForInstanceSegmentation
+    from .safe_io import load_torch_checkpoint
 
-    raw = (
-        checkpoint
-        if isinstance(checkpoint, dict)
-        else torch.load(checkpoint, map_location="cpu", weights_only=True)
-    )
+    raw = checkpoint if isinstance(checkpoint, dict) else load_torch_checkpoint(checkpoint)
     state_dict = extract_state_dict(raw, use_ema=use_ema)
     meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
     class_names = (meta.get("dataset_meta") or {}).get("classes")
@@ -376,13 +373,13 @@ def convert_maskrcnn_checkpoint(
         state_dict, preset, original_config, list(class_names) if class_names else None
     )
     converted, report = convert_maskrcnn_state_dict(state_dict, config)
-    with no_init_weights():  # every weight is overwritten by the strict load below
-        model = PaCaViTForInstanceSegmentation(config).eval()
-    check_against_model(converted, model)
-    model.load_state_dict(converted, strict=True)
-    output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
-    PaCaViTMaskRCNNImageProcessor().save_pretrained(output_dir)
+    model = load_and_save_converted(
+        PaCaViTForInstanceSegmentation,
+        config,
+        converted,
+        output_dir,
+        lambda folder: PaCaViTMaskRCNNImageProcessor().save_pretrained(folder),
+    )
     if verbose:
         print(report.summary())
         print(f"saved PaCaViTForInstanceSegmentation ({config.num_labels} classes) to {output_dir}")

@@ -261,10 +261,11 @@ def save_segmentation_image_processor(output_dir: Path, crop_size: int = 512, do
 def convert_segmentation_checkpoint(
     checkpoint, output_dir, preset=None, original_config=None, use_ema=False, verbose=True
 ):
-    from .convert import check_against_model, extract_state_dict, no_init_weights
+    from .convert import extract_state_dict, load_and_save_converted
     from .modeling_pacavit_segmentation import PaCaViTForSemanticSegmentation
+    from .safe_io import load_torch_checkpoint
 
-    raw = checkpoint if isinstance(checkpoint, dict) else torch.load(checkpoint, map_location="cpu", weights_only=True)
+    raw = checkpoint if isinstance(checkpoint, dict) else load_torch_checkpoint(checkpoint)
     state_dict = extract_state_dict(raw, use_ema=use_ema)
     config = build_segmentation_config(state_dict, preset, original_config)
     classes = ((raw.get("meta") or {}).get("dataset_meta") or {}).get("classes") if isinstance(raw, dict) else None
@@ -272,13 +273,9 @@ def convert_segmentation_checkpoint(
         config.id2label = dict(enumerate(classes))
         config.label2id = {name: i for i, name in enumerate(classes)}
     converted, report = convert_segmentation_state_dict(state_dict, config)
-    with no_init_weights():  # every weight is overwritten by the strict load below
-        model = PaCaViTForSemanticSegmentation(config).eval()
-    check_against_model(converted, model)
-    model.load_state_dict(converted, strict=True)
-    output_dir = Path(output_dir)
-    model.save_pretrained(output_dir)
-    save_segmentation_image_processor(output_dir)
+    model = load_and_save_converted(
+        PaCaViTForSemanticSegmentation, config, converted, output_dir, save_segmentation_image_processor
+    )
     if verbose:
         print(report.summary())
         print(f"saved PaCaViTForSemanticSegmentation ({config.decode_head_type} head) to {output_dir}")
