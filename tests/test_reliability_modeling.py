@@ -65,6 +65,21 @@ def test_grayscale_and_other_pil_modes_are_converted_by_the_saved_processor(tmp_
     assert torch.isfinite(classifier(pixel_values).logits).all()
 
 
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_the_saved_segmentation_processor_converts_every_pil_mode(tmp_path, mode):
+    """transformers' SegformerImageProcessor fails on a grayscale image with a broadcast error unless told to
+    convert; the folders pacavit writes tell it to."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from pacavit.convert_segmentation import save_segmentation_image_processor
+
+    save_segmentation_image_processor(tmp_path, crop_size=32)
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    pixel_values = processor(Image.new(mode, (20, 30), 1), return_tensors="pt").pixel_values
+    assert pixel_values.shape == (1, 3, 32, 32) and torch.isfinite(pixel_values).all()
+
+
 # ---------------------------------------------------------------- case 2: rank
 def test_missing_batch_dimension_says_how_to_add_it(classifier):
     with pytest.raises(ValueError, match=r"got \(3, 32, 32\): one image without the batch dimension. Pass pixel_values\[None\]"):

@@ -253,6 +253,7 @@ def save_segmentation_image_processor(output_dir: Path, crop_size: int = 512, do
         image_mean=list(IMAGENET_DEFAULT_MEAN),
         image_std=list(IMAGENET_DEFAULT_STD),
         do_reduce_labels=do_reduce_labels,
+        do_convert_rgb=True,  # grayscale, palette, RGBA, CMYK images become RGB instead of a broadcast error
     )
     processor.save_pretrained(output_dir)
     return processor
