@@ -125,12 +125,11 @@ class PaCaViTSegHead(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the logits and the cluster logits, both `(B, num_labels, H/4, W/4)`."""
         size = features[0].shape[2:]
-        projected = []
-        for conv, feature in zip(self.convs, features):
-            hidden = conv(feature)
-            if hidden.shape[2:] != size:
-                hidden = F.interpolate(hidden, size=size, mode="bilinear", align_corners=False)
-            projected.append(hidden)
+        # stages 2-4 are always resized to stage 1 (no `if shape != size`: that guard breaks dynamic-shape
+        # torch.export, and a same-size bilinear resize with align_corners=False is the identity anyway)
+        projected = [self.convs[0](features[0])]
+        for conv, feature in zip(self.convs[1:], features[1:]):
+            projected.append(F.interpolate(conv(feature), size=size, mode="bilinear", align_corners=False))
         x = torch.cat(projected, dim=1)  # (B, 4C, H, W)
         batch, _, height, width = x.shape
 

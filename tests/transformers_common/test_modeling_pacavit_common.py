@@ -353,15 +353,6 @@ if PaCaViTForSemanticSegmentation is not None:
                 self, config_class=PaCaViTSegmentationConfig, has_text_modality=False, common_properties=COMMON_PROPERTIES
             )
 
-        @pytest.mark.xfail(
-            reason="known (issue 12 report to issue 9): the PaCa head's `if hidden.shape[2:] != size` in "
-            "modeling_pacavit_segmentation.py adds a shape guard torch.export cannot prove for symbolic sizes; "
-            "static export works",
-            strict=False,
-        )
-        def test_torch_export_dynamic(self):
-            super().test_torch_export_dynamic()
-
         def test_for_semantic_segmentation(self):
             config, pixel_values, _ = self.model_tester.prepare_config_and_inputs()
             tester = self.model_tester
@@ -375,9 +366,6 @@ if PaCaViTForSemanticSegmentation is not None:
 
     class PaCaViTForSemanticSegmentationUperNetTest(PaCaViTForSemanticSegmentationTest):
         model_tester_kwargs = {"decode_head_type": "upernet"}
-
-        def test_torch_export_dynamic(self):  # the UperNet head has no such guard
-            ModelTesterMixin.test_torch_export_dynamic(self)
 
 
 def test_transformers_version_of_the_tests_matches_the_installed_one():
