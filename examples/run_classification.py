@@ -43,7 +43,10 @@ from pacavit.data import (
     DIGITS_DESCRIPTION,
     DIGITS_NAME,
     ImageClassificationDataset,
+    check_folder_has_images,
+    check_splits_not_empty,
     drop_corrupt_images,
+    limit_samples,
     load_digits_dataset,
     pick_column,
     select_splits,
@@ -110,6 +113,9 @@ def load_raw_datasets(args):
         return raw, dict(name=DIGITS_NAME, description=description, builtin=True)
     if args.train_dir or args.validation_dir:
         folders = {"train": args.train_dir, "validation": args.validation_dir}
+        for split, folder in folders.items():  # before 🤗 Datasets' "corresponds to no data!"
+            if folder:
+                check_folder_has_images(folder, f"{split}_dir")
         data_files = {split: os.path.join(folder, "**") for split, folder in folders.items() if folder}
         raw = datasets.load_dataset("imagefolder", data_files=data_files, cache_dir=args.cache_dir)
         dirs = ", ".join(f"{split}: {folder}" for split, folder in folders.items() if folder)
@@ -278,12 +284,11 @@ def main(argv: list[str] | None = None) -> dict:
     label2id = {name: i for i, name in enumerate(label_names)}
 
     if args.max_train_samples is not None and "train" in raw:
-        n = min(args.max_train_samples, len(raw["train"]))
+        n = limit_samples(len(raw["train"]), args.max_train_samples, "train")
         raw["train"] = raw["train"].shuffle(seed=args.seed).select(range(n))
     if args.max_eval_samples is not None:
-        raw["validation"] = raw["validation"].select(
-            range(min(args.max_eval_samples, len(raw["validation"])))
-        )
+        n = limit_samples(len(raw["validation"]), args.max_eval_samples, "validation")
+        raw["validation"] = raw["validation"].select(range(n))
     skipped = {}
     if args.skip_corrupt_images or args.verify_images:
         for split in [s for s in raw if not (args.eval_only and s == "train")]:
@@ -295,6 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
                 logger.warning(f"Skipping: {message}")
             if messages:
                 logger.warning(f"Skipped {len(messages)} unreadable image(s) in the {split!r} split.")
+    # an empty split stops here, naming it and its source (not in a DataLoader or metric later)
+    check_splits_not_empty(raw, args, ("validation",) if args.eval_only else ("train", "validation"))
 
     # ---------------------------------------------------------------- model
     model, preset_name, arch_overrides = build_model(args, label_names)

@@ -36,6 +36,7 @@ from accelerate.logging import get_logger  # noqa: E402
 from pacavit import PaCaViTConfig, PaCaViTForInstanceSegmentation, PaCaViTMaskRCNNConfig  # noqa: E402
 from pacavit import PaCaViTMaskRCNNImageProcessor  # noqa: E402
 from pacavit import training as T  # noqa: E402
+from pacavit.data.common import check_splits_not_empty, limit_samples  # noqa: E402
 from pacavit.data.detection import (  # noqa: E402
     CROP_PRE_RESIZE_SHORT_SIDES,
     CROP_SIZE_RANGE,
@@ -225,9 +226,16 @@ def load_data(args):
         label = "pacavit digit scenes (COCO format)"
     train_set = CocoInstanceDataset(*splits["train"])
     eval_set = CocoInstanceDataset(*splits["validation"])
-    for dataset, limit in ((train_set, args.max_train_samples), (eval_set, args.max_eval_samples)):
-        if limit:  # the evaluator then scores only these images
-            dataset.image_ids, dataset.images = dataset.image_ids[:limit], dataset.images[:limit]
+    for split, dataset, limit in (
+        ("train", train_set, args.max_train_samples),
+        ("validation", eval_set, args.max_eval_samples),
+    ):
+        if limit is not None:  # the evaluator then scores only these images
+            n = limit_samples(len(dataset), limit, split)
+            dataset.image_ids, dataset.images = dataset.image_ids[:n], dataset.images[:n]
+    # an empty split stops here, naming it and its source (not in a DataLoader or the COCO evaluator later)
+    splits = {"train": train_set, "validation": eval_set}
+    check_splits_not_empty(splits, args, ("validation",) if args.eval_only else ("train", "validation"))
     return train_set, eval_set, label
 
 

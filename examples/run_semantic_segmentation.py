@@ -35,6 +35,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from pacavit import PaCaViTForSemanticSegmentation, PaCaViTSegmentationConfig  # noqa: E402
 from pacavit import training as T  # noqa: E402
 from pacavit.convert_segmentation import save_segmentation_image_processor  # noqa: E402
+from pacavit.data.common import check_splits_not_empty, limit_samples  # noqa: E402
 from pacavit.data.segmentation import (  # noqa: E402
     DIGIT_SCENE_LABELS,
     SegmentationTransform,
@@ -176,8 +177,10 @@ def load_data(args):
     else:
         raw, id2label, name = load_digit_scenes(), dict(enumerate(DIGIT_SCENE_LABELS)), "pacavit digit scenes"
     for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples)):
-        if limit:
-            raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
+        if limit is not None:
+            raw[split] = raw[split].select(range(limit_samples(len(raw[split]), limit, split)))
+    # an empty split stops here, naming it and its source (not in 🤗 Datasets or a DataLoader later)
+    check_splits_not_empty(raw, args, ("validation",) if args.eval_only else ("train", "validation"))
     return raw, id2label, name
 
 

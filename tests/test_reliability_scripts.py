@@ -99,3 +99,68 @@ def test_missing_splits_name_the_splits_found():
         select_splits({"train": [1]})
     splits, note = select_splits({"train": [1], "val": [2]})
     assert splits == {"train": [1], "validation": [2]} and note is None
+
+
+# ---------------------------------------------------------------- empty splits (0 rows)
+def test_empty_splits_name_the_split_its_source_and_what_to_do(tmp_path):
+    from argparse import Namespace
+
+    from pacavit.data import EmptySplitError, check_folder_has_images, check_splits_not_empty, limit_samples
+    from pacavit.data.segmentation import load_segmentation_dataset
+
+    folders = Namespace(train_dir="data/train", validation_dir=None, max_train_samples=None)
+    with pytest.raises(EmptySplitError, match=r"'train' split from the folder 'data/train' \(--train_dir\) has no samples \(0 rows\): nothing to train on\. Put images in it"):
+        check_splits_not_empty({"train": [], "validation": [1]}, folders)
+    with pytest.raises(EmptySplitError, match=r"'validation' split from the folder 'data/train' \(--train_dir; no --validation_dir\).*nothing to evaluate on"):
+        check_splits_not_empty({"train": [1], "validation": []}, folders)
+    hub = Namespace(dataset_name="user/set", validation_split="dev", skip_corrupt_images=True)
+    with pytest.raises(EmptySplitError, match=r"the 🤗 dataset 'user/set' \(split 'dev', --validation_split\) has no samples \(0 rows\) after --skip_corrupt_images.*Choose another split"):
+        check_splits_not_empty({"train": [1], "validation": []}, hub)
+    check_splits_not_empty({"train": [], "validation": [1]}, hub, required=("validation",))  # --eval_only
+    with pytest.raises(EmptySplitError, match=r"--max_train_samples 0 leaves the 'train' split without samples\. Pass a positive number, or drop"):
+        check_splits_not_empty({"train": [], "validation": [1]}, Namespace(max_train_samples=0))
+    with pytest.raises(EmptySplitError, match=r"--max_eval_samples -1 leaves the 'validation' split"):
+        limit_samples(10, -1, "validation")
+    assert limit_samples(10, None, "train") == 10 and limit_samples(10, 3, "train") == 3
+
+    empty = tmp_path / "empty"
+    (empty / "cat").mkdir(parents=True)
+    (empty / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(EmptySplitError, match=r"'validation' split from the folder '.*empty' \(--validation_dir\) has no images"):
+        check_folder_has_images(empty, "validation_dir")
+    with pytest.raises(FileNotFoundError, match=r"missing' \(from --train_dir\) is not a folder"):
+        check_folder_has_images(tmp_path / "missing", "train_dir")
+    for sub in ("images", "masks"):  # a segmentation folder with an empty images/
+        (tmp_path / "seg" / sub).mkdir(parents=True)
+    with pytest.raises(EmptySplitError, match=r"'train' split from the folder '.*seg/images' \(--train_dir\) has no images"):
+        load_segmentation_dataset(train_dir=str(tmp_path / "seg"))
+
+
+def _empty_split_argv(task: str, tmp_path: Path) -> tuple[list[str], str]:
+    """Arguments that give `task` an empty split, and the error expected."""
+    if task == "classification":
+        (tmp_path / "train" / "cat").mkdir(parents=True)
+        return ["--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "train")], (
+            r"'train' split from the folder .* \(--train_dir\) has no images"
+        )
+    if task == "semantic-segmentation":  # the built-in scenes, limited to nothing
+        return ["--max_eval_samples", "0"], r"--max_eval_samples 0 leaves the 'validation' split without samples"
+    images = tmp_path / "coco"  # a COCO annotation file listing no image
+    images.mkdir()
+    annotations = images / "instances.json"
+    annotations.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    flags = ["--train_dir", str(images), "--train_annotations", str(annotations)]
+    flags += ["--validation_dir", str(images), "--validation_annotations", str(annotations)]
+    return flags, r"'train' split from the folder .*coco' \(--train_dir\) has no samples \(0 rows\): nothing to train on"
+
+
+@pytest.mark.parametrize("task", sorted(SCRIPTS))
+def test_scripts_stop_on_an_empty_split_naming_it(task, tmp_path, fresh_accelerate_state):
+    from pacavit.data import EmptySplitError
+
+    if task == "instance-segmentation":
+        pytest.importorskip("pycocotools")
+    script = load_script(task)
+    flags, message = _empty_split_argv(task, tmp_path)
+    with pytest.raises(EmptySplitError, match=message):
+        script.main([*flags, "--output_dir", str(tmp_path / "run"), "--max_train_steps", "1", "--num_threads", "1"])

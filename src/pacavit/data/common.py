@@ -162,3 +162,87 @@ def select_splits(
     return dict(split_fn(out["train"], held_out_fraction, seed)), (
         f"{held_out_fraction:.0%} of the train split held out"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Empty splits: one clear error naming the split, where it came from, and what to do
+# --------------------------------------------------------------------------------------------
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+SAMPLE_LIMIT_FLAGS = {"train": "max_train_samples", "validation": "max_eval_samples"}
+
+
+class EmptySplitError(ValueError):
+    """A train or validation split without a single sample; the message names the split, its source and
+    what to do."""
+
+
+FOLDER_FIX = "Put images in it (see the script's --help for the layout) or point the flag at another folder."
+
+
+def split_source(args, split: str) -> tuple[str, str]:
+    """Where a script's `split` ('train' or 'validation') comes from, as the user gave it -- a folder flag
+    (`--<split>_dir`), a 🤗 dataset (`--dataset_name`, with `--<split>_split` when the script has it), or
+    the built-in data -- and what to do when it is empty."""
+    folder = getattr(args, f"{split}_dir", None)
+    if folder:
+        return f"the folder {str(folder)!r} (--{split}_dir)", FOLDER_FIX
+    if split == "validation" and getattr(args, "train_dir", None):
+        return f"the folder {str(args.train_dir)!r} (--train_dir; no --validation_dir)", FOLDER_FIX
+    name = getattr(args, "dataset_name", None)
+    if name:
+        chosen = getattr(args, f"{split}_split", None)
+        source = f"the 🤗 dataset {name!r}" + (f" (split {chosen!r}, --{split}_split)" if chosen else "")
+        return (
+            source,
+            "Choose another split or dataset (--train_split/--validation_split where the script has them).",
+        )
+    return "the built-in data", "Check the --built_in_* and --max_*_samples flags."
+
+
+def check_sample_limit(limit: int | None, split: str) -> None:
+    """`--max_train_samples` / `--max_eval_samples` must keep at least one sample (None keeps all)."""
+    if limit is not None and limit < 1:
+        flag = SAMPLE_LIMIT_FLAGS.get(split, f"max_{split}_samples")
+        raise EmptySplitError(
+            f"--{flag} {limit} leaves the {split!r} split without samples. Pass a positive number, or drop "
+            f"--{flag} to use the whole split."
+        )
+
+
+def limit_samples(count: int, limit: int | None, split: str) -> int:
+    """How many of `count` samples a `--max_<split>_samples` limit keeps (checked by `check_sample_limit`)."""
+    check_sample_limit(limit, split)
+    return count if limit is None else min(limit, count)
+
+
+def check_splits_not_empty(splits, args, required: tuple[str, ...] = ("train", "validation")) -> None:
+    """Raise `EmptySplitError` when one of the `required` splits of `splits` (a mapping to anything with a
+    length) has no samples, naming the split, where it came from (`split_source(args, ...)`) and what to do
+    -- instead of a 🤗 Datasets, DataLoader or metric error later. Call once the script has selected, limited
+    and filtered its splits, before building the data loaders (a missing split is the caller's error)."""
+    for split in required:
+        if split not in splits or len(splits[split]) > 0:
+            continue
+        check_sample_limit(getattr(args, SAMPLE_LIMIT_FLAGS.get(split, ""), None), split)
+        source, fix = split_source(args, split)
+        after = " after --skip_corrupt_images" if getattr(args, "skip_corrupt_images", False) else ""
+        what = "to train on" if split == "train" else "to evaluate on"
+        raise EmptySplitError(
+            f"The {split!r} split from {source} has no samples (0 rows){after}: nothing {what}. {fix}"
+        )
+
+
+def check_folder_has_images(folder: str | os.PathLike, flag: str, split: str | None = None) -> None:
+    """Fail naming `--<flag>` when `folder` (the flag's value, or a subfolder of it) does not exist or holds
+    no image file (searched recursively), before a 🤗 Datasets loader raises its own, less telling error."""
+    from pathlib import Path
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{str(folder)!r} (from --{flag}) is not a folder.")
+    if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*") if p.is_file()):
+        split = split or flag.removesuffix("_dir")
+        raise EmptySplitError(
+            f"The {split!r} split from the folder {str(folder)!r} (--{flag}) has no images (0 rows; looked for "
+            f"{', '.join(IMAGE_EXTENSIONS)} files in it and its subfolders). {FOLDER_FIX}"
+        )

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .common import IMAGE_EXTENSIONS, EmptySplitError, check_folder_has_images
+
 DIGIT_SCENE_LABELS = ["background"] + [f"digit {d}" for d in range(10)]
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,13 +119,23 @@ def load_segmentation_dataset(
         if "validation" not in raw:
             if "test" in raw:
                 raw["validation"] = raw.pop("test")
-            else:
+            else:  # hold out 10% of train (an empty train split fails here, naming it)
+                if "train" not in raw:
+                    raise ValueError(f"Dataset {dataset_name!r} has no 'train' split; splits: {list(raw)}.")
+                if len(raw["train"]) == 0:
+                    raise EmptySplitError(
+                        f"The 'train' split from the 🤗 dataset {dataset_name!r} has no samples (0 rows): "
+                        "nothing to train on or hold out for validation. Choose another dataset."
+                    )
                 parts = raw["train"].train_test_split(test_size=0.1, seed=0)
                 raw = datasets.DatasetDict(train=parts["train"], validation=parts["test"])
         return raw
     if not train_dir:
         raise ValueError("Give --dataset_name or --train_dir (with images/ and masks/ subfolders).")
     splits = {"train": train_dir, "validation": validation_dir or train_dir}
+    for name, d in splits.items():  # an empty images/ folder: an error naming the split and its flag
+        flag = "validation_dir" if validation_dir and name == "validation" else "train_dir"
+        check_folder_has_images(Path(d) / "images", flag, name)
     return datasets.DatasetDict(
         {name: _folder_dataset(Path(d) / "images", Path(d) / "masks") for name, d in splits.items()}
     )
