@@ -64,6 +64,19 @@ def test_an_output_dir_holding_another_run_is_refused(task, tmp_path, fresh_acce
     assert (out / "model.safetensors").read_bytes() == b"another run's weights"
 
 
+@pytest.mark.parametrize("task", sorted(SCRIPTS))
+def test_resume_latest_into_a_finished_run_without_checkpoints_is_refused(task, tmp_path, fresh_accelerate_state):
+    from pacavit.training import NoCheckpointError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
+    script = load_script(task)
+    with pytest.raises(NoCheckpointError, match=r"holds a run \(all_results.json\) but no complete checkpoint"):
+        script.main(["--output_dir", str(out), "--max_train_steps", "1", "--resume_from_checkpoint", "latest"])
+    assert json.loads((out / "all_results.json").read_text()) == {"eval_accuracy": 0.9}  # untouched
+
+
 # ---------------------------------------------------------------- case 5 (training side)
 @pytest.mark.slow
 def test_classification_stops_naming_the_update_when_the_loss_becomes_non_finite(tmp_path, fresh_accelerate_state):

@@ -14,6 +14,7 @@ import torch
 
 from pacavit.training import (
     TRAINING_STATE,
+    NoCheckpointError,
     check_output_dir,
     find_latest_checkpoint,
     list_checkpoints,
@@ -128,3 +129,20 @@ def test_output_dir_guard(tmp_path):
     assert (tmp_path / "step_10").exists()
     check_output_dir(tmp_path, overwrite=True, resuming=False)  # stale checkpoints go, other files stay
     assert not (tmp_path / "step_10").exists() and (tmp_path / "notes.txt").exists()
+
+
+def test_latest_into_a_finished_run_without_checkpoints_is_refused(tmp_path):
+    assert resolve_resume_path("latest", str(tmp_path / "new")) is None  # nothing there: start afresh
+    (tmp_path / ".tmp_step_5").mkdir()  # a requeued job killed while writing its first checkpoint
+    assert resolve_resume_path("latest", str(tmp_path)) is None
+    (tmp_path / "all_results.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(
+        NoCheckpointError,
+        match=r"latest: --output_dir '.*' holds a run \(all_results.json, model.safetensors\) but no complete "
+        r"checkpoint .* to resume from.*Drop --resume_from_checkpoint and pass --overwrite_output_dir.*another --output_dir",
+    ):
+        resolve_resume_path("latest", str(tmp_path))
+    assert resolve_resume_path("latest", str(tmp_path), overwrite=True) is None
+    fake_checkpoint(tmp_path, "step_10", 10)
+    assert resolve_resume_path("latest", str(tmp_path)).name == "step_10"

@@ -19,7 +19,7 @@ Modules
                   `current_lr`.
 - `checkpoint` -- `save_checkpoint` (atomic: write into `.tmp_<name>`, then rename), `prune_checkpoints`,
                   `list_checkpoints` / `find_latest_checkpoint` (complete checkpoints only),
-                  `resolve_resume_path`, `load_checkpoint`, `resume_position`, `check_output_dir`.
+                  `resolve_resume_path` (`NoCheckpointError`), `load_checkpoint`, `resume_position`, `check_output_dir`.
 - `loop`       -- `epoch_batches` (sampler epoch, mid-epoch skip, per-step seeding), `StopOnSignal`
                   (SIGTERM -> checkpoint and exit 143), `backward_and_step`, `check_finite_loss`, `TrainingProgress` (tqdm, log
                   lines, tracking, history), `init_tracking`, `write_run_files` (all_results.json,
@@ -92,6 +92,7 @@ from .args import (
 from .checkpoint import (
     CHECKPOINT_PATTERN,
     TRAINING_STATE,
+    NoCheckpointError,
     check_output_dir,
     find_latest_checkpoint,
     list_checkpoints,
@@ -147,6 +148,7 @@ __all__ = [
     "CHECKPOINT_PATTERN",
     "EXIT_INTERRUPTED",
     "NO_WEIGHT_DECAY",
+    "NoCheckpointError",
     "NonFiniteLossError",
     "OPTIMIZATION_DEFAULTS",
     "PROCESS_START",

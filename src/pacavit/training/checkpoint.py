@@ -92,13 +92,39 @@ def save_checkpoint(accelerator, output_dir: str, name: str, state: dict, total_
     return final
 
 
-def resolve_resume_path(resume_from_checkpoint: str | None, output_dir: str) -> Path | None:
-    """`--resume_from_checkpoint`: None, 'latest' (newest complete checkpoint in `output_dir`, None when there
-    is none) or a checkpoint folder (must hold `training_state.json`)."""
+class NoCheckpointError(FileNotFoundError):
+    """`--resume_from_checkpoint latest` into a folder that holds a run but no complete checkpoint."""
+
+
+def run_files(output_dir: str | os.PathLike) -> list[str]:
+    """The files of a finished run (`RUN_FILES`) present in `output_dir`."""
+    root = Path(output_dir)
+    return [name for name in RUN_FILES if (root / name).exists()]
+
+
+def resolve_resume_path(
+    resume_from_checkpoint: str | None, output_dir: str, overwrite: bool = False
+) -> Path | None:
+    """`--resume_from_checkpoint`: None, 'latest' or a checkpoint folder (must hold `training_state.json`).
+
+    'latest' is the newest complete checkpoint in `output_dir`. Without one it returns None (start afresh:
+    an empty or new folder, or one holding only a checkpoint killed mid-write, e.g. a requeued job) -- unless
+    the folder holds a finished run (results or weights, `RUN_FILES`) and not `overwrite`: then
+    `NoCheckpointError`, since starting afresh would replace that run and there is nothing to resume."""
     if not resume_from_checkpoint:
         return None
     if resume_from_checkpoint == "latest":
-        return find_latest_checkpoint(output_dir)
+        latest = find_latest_checkpoint(output_dir)
+        held = run_files(output_dir)
+        if latest is None and held and not overwrite:
+            raise NoCheckpointError(
+                f"--resume_from_checkpoint latest: --output_dir {str(output_dir)!r} holds a run "
+                f"({', '.join(held)}) but no complete checkpoint (step_N/ or epoch_N/ with {TRAINING_STATE}) to "
+                "resume from; it finished or was saved without --checkpointing_steps. Drop "
+                "--resume_from_checkpoint and pass --overwrite_output_dir to train afresh in it (replacing it), "
+                "or use another --output_dir."
+            )
+        return latest
     path = Path(resume_from_checkpoint)
     if not (path / TRAINING_STATE).is_file():
         raise FileNotFoundError(
@@ -131,7 +157,7 @@ def check_output_dir(
     root = Path(output_dir)
     if resuming or not root.is_dir():
         return
-    held = [name for name in RUN_FILES if (root / name).exists()]
+    held = run_files(root)
     checkpoints = sorted(
         p.name for p in root.iterdir() if CHECKPOINT_PATTERN.match(p.name) or p.name.startswith(TMP_PREFIX)
     )

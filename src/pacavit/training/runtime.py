@@ -127,7 +127,8 @@ class RunSetup:
 def setup_run(args, guard_output_dir: bool = True) -> RunSetup:
     """The start every task script shares, on every process: the Accelerator (`make_accelerator`), logging,
     CPU threads, `set_seed(args.seed)`, the checkpoint to resume from (--resume_from_checkpoint; 'latest'
-    without any checkpoint starts afresh, with a warning), the output-folder guard (`check_output_dir`,
+    without any checkpoint starts afresh, with a warning, but refuses a folder holding a finished run:
+    `NoCheckpointError`), the output-folder guard (`check_output_dir`,
     skipped with `guard_output_dir=False`, e.g. for evaluation only), the Hub preflight (--push_to_hub) and
     the output folder itself."""
     from accelerate.utils import set_seed
@@ -144,8 +145,11 @@ def setup_run(args, guard_output_dir: bool = True) -> RunSetup:
             f"Using {num_threads} torch thread(s) per process; {accelerator.num_processes} process(es)."
         )
     set_seed(args.seed)
-    resume_path = resolve_resume_path(args.resume_from_checkpoint, args.output_dir)
-    if args.resume_from_checkpoint == "latest" and resume_path is None and accelerator.is_main_process:
+    # 'latest' into a folder holding a finished run without checkpoints is refused (NoCheckpointError)
+    overwrite = args.overwrite_output_dir or not guard_output_dir
+    resume_path = resolve_resume_path(args.resume_from_checkpoint, args.output_dir, overwrite)
+    latest_without_checkpoint = args.resume_from_checkpoint == "latest" and resume_path is None
+    if latest_without_checkpoint and accelerator.is_main_process:
         logger.warning(
             f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir}; starting afresh."
         )
@@ -153,7 +157,10 @@ def setup_run(args, guard_output_dir: bool = True) -> RunSetup:
         check_output_dir(
             args.output_dir,
             args.overwrite_output_dir,
-            resuming=resume_path is not None,
+            # 'latest' without a checkpoint (and without a finished run, checked above) starts afresh in the
+            # folder, e.g. a requeued job killed during its first checkpoint; with --overwrite_output_dir, the
+            # guard clears the folder's stale checkpoints as for any overwrite
+            resuming=resume_path is not None or (latest_without_checkpoint and not args.overwrite_output_dir),
             remove_stale=accelerator.is_main_process,
         )
     repo_id = None
