@@ -146,3 +146,43 @@ def test_latest_into_a_finished_run_without_checkpoints_is_refused(tmp_path):
     assert resolve_resume_path("latest", str(tmp_path), overwrite=True) is None
     fake_checkpoint(tmp_path, "step_10", 10)
     assert resolve_resume_path("latest", str(tmp_path)).name == "step_10"
+
+
+class _Touch:
+    """A pickle that runs code when loaded: it creates a file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_resume_restores_registered_state_and_refuses_pickles_that_run_code(tmp_path, fresh_accelerate_state):
+    import pickle
+
+    from accelerate import Accelerator
+
+    from pacavit.safe_io import UnsafeCheckpointError
+
+    accelerator = Accelerator(cpu=True, project_dir=str(tmp_path))
+    model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)  # ema: a registered object, as the EMA model
+    model = accelerator.prepare(model)
+    accelerator.register_for_checkpointing(ema)
+    path = save_checkpoint(accelerator, str(tmp_path), "step_1", {"completed_steps": 1}, None)
+    assert (path / "custom_checkpoint_0.pkl").is_file()
+    saved = {k: v.clone() for k, v in ema.state_dict().items()}
+    with torch.no_grad():
+        ema.weight.add_(1.0)
+    assert load_checkpoint(accelerator, path) == {"completed_steps": 1}
+    assert all(torch.equal(ema.state_dict()[k], v) for k, v in saved.items())  # bitwise restored
+
+    marker = tmp_path / "code_ran"
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl"):
+        original = (path / name).read_bytes()
+        (path / name).write_bytes(pickle.dumps({"weight": _Touch(marker)}, protocol=2))
+        message = rf"Refusing to resume from .*step_1: {name} is a pickle that needs code to load \(.*GLOBAL getattr"
+        with pytest.raises(UnsafeCheckpointError, match=message + r" was not an allowed global by default\); Accelerate would"):
+            load_checkpoint(accelerator, path)
+        assert not marker.exists()  # nothing of it ran
+        (path / name).write_bytes(original)

@@ -30,14 +30,20 @@ class OutputFolderError(FileExistsError, ValueError):
     """The output folder holds files that are not a model folder; it is not replaced."""
 
 
+def unpickling_detail(error: pickle.UnpicklingError) -> str:
+    """The reason in torch's weights_only error (the blocked GLOBAL, or an unsupported opcode), without the
+    generic advice to retry with weights_only=False."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = next((line for line in lines if "GLOBAL" in line), lines[-2] if len(lines) > 1 else str(error))
+    return detail.split(". Please use `torch.serialization.add_safe_globals")[0]  # not advice to allowlist it
+
+
 def load_torch_checkpoint(path: str | os.PathLike, map_location="cpu"):
     """`torch.load(path, weights_only=True)`; a pickle that needs code (classes, functions) is refused."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        # torch's message: generic advice first, then the reason (the blocked GLOBAL, or an unsupported opcode)
-        detail = next((line for line in lines if "GLOBAL" in line), lines[-2] if len(lines) > 1 else str(error))
+        detail = unpickling_detail(error)
         raise UnsafeCheckpointError(
             f"Refusing to load {path}: it is not a plain tensor checkpoint, and unpickling it would need code that "
             f"torch.load(weights_only=True) does not run ({detail}). pacavit reads .pth files only that way, which "

@@ -9,6 +9,10 @@ straight into the final folder (a run killed mid-save leaves a folder that looks
 `checkpoint_<i>` by save count rather than by training progress. Here `save_state` writes into
 `.tmp_<name>`, `training_state.json` is written last, and the folder is renamed into place: a checkpoint is
 complete exactly when `<name>/training_state.json` exists, and `list_checkpoints` ignores everything else.
+
+Loading runs no code from a checkpoint: Accelerate unpickles registered objects' states with
+`torch.load(weights_only=False)`, so `load_checkpoint` first checks that those pickles (and the random states)
+load with `weights_only=True`, and refuses the folder otherwise (`check_checkpoint_pickles`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ import json
 import os
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 
 CHECKPOINT_PATTERN = re.compile(r"^(step|epoch)_(\d+)$")
+# the pickles of a checkpoint that Accelerate's load_state does not load with weights_only=True itself
+CUSTOM_STATE_PATTERN = re.compile(r"^custom_checkpoint_\d+\.pkl$")
+RNG_STATE_PATTERN = re.compile(r"^random_states_\d+\.pkl$")
 TRAINING_STATE = "training_state.json"
 TMP_PREFIX = ".tmp_"
 # Files a finished run leaves in its output folder (any task); their presence means "this folder holds a run".
@@ -134,9 +142,48 @@ def resolve_resume_path(
     return path
 
 
+def check_checkpoint_pickles(path: str | os.PathLike) -> None:
+    """Refuse (`UnsafeCheckpointError`) a checkpoint folder holding a pickle that needs code to load.
+
+    Accelerate's `load_state` reads the states of registered objects (`custom_checkpoint_<i>.pkl`, e.g. the
+    EMA) with `torch.load(weights_only=False)`, which runs whatever code a pickle names, and it ignores a
+    random-state file (`random_states_<i>.pkl`) it cannot load safely (the resume is then silently not exact).
+    Our own `save_state` writes only tensors, dicts, lists and numbers there, so each must load with
+    `weights_only=True` (Accelerate's allow-list of NumPy RNG types for the random states); that is checked
+    here, before `load_state` reads them. Its other files (weights, optimizer) it loads safely itself."""
+    import pickle
+
+    import torch
+    from accelerate.utils import load as accelerate_load
+
+    from ..safe_io import UnsafeCheckpointError, unpickling_detail
+
+    for file in sorted(Path(path).iterdir()):
+        if CUSTOM_STATE_PATTERN.match(file.name):
+            loader = partial(torch.load, map_location="cpu", weights_only=True)
+            risk = "Accelerate would unpickle it with weights_only=False, running that code"
+        elif RNG_STATE_PATTERN.match(file.name):
+            loader = accelerate_load  # weights_only=True with Accelerate's NumPy allow-list
+            risk = "Accelerate would skip it silently, and the resume would not be exact"
+        else:
+            continue
+        try:
+            loader(file)
+        except pickle.UnpicklingError as error:
+            raise UnsafeCheckpointError(
+                f"Refusing to resume from {path}: {file.name} is a pickle that needs code to load "
+                f"({unpickling_detail(error)}); {risk}. A "
+                "checkpoint written by pacavit holds only tensors and numbers there, so this one was modified or "
+                "comes from elsewhere. Resume from a checkpoint of your own run (or drop --resume_from_checkpoint "
+                "and start afresh)."
+            ) from error
+
+
 def load_checkpoint(accelerator, path: str | os.PathLike) -> dict:
-    """`accelerator.load_state(path)` (weights, optimizer, RNG and sampler states, registered objects);
-    returns the checkpoint's `training_state.json`."""
+    """`accelerator.load_state(path)` (weights, optimizer, RNG and sampler states, registered objects), after
+    `check_checkpoint_pickles` refused pickles that would need code; returns the checkpoint's
+    `training_state.json`."""
+    check_checkpoint_pickles(path)
     accelerator.load_state(str(path))
     return json.loads((Path(path) / TRAINING_STATE).read_text())
 
