@@ -1,7 +1,9 @@
 """Issue 12, the task scripts (cases 5, 10, 12): what every task script does with an output folder that holds another
-run, a loss that becomes non-finite, and datasets without the expected splits or columns. The library pieces and
-the interruption cases (SIGTERM, SIGKILL during a checkpoint write, `--resume_from_checkpoint latest`) are tested
-in test_training_checkpoint.py, test_training_loop.py, test_training_run.py and test_run_classification.py.
+run (also with `--resume_from_checkpoint latest` and no checkpoint), a loss that becomes non-finite, datasets
+without the expected splits or columns or with an empty split, and SIGTERM + resume in the dense-task scripts.
+The library pieces and the classification script's interruption cases (SIGTERM, SIGKILL during a checkpoint
+write, `--resume_from_checkpoint latest`) are tested in test_training_checkpoint.py, test_training_loop.py,
+test_training_run.py and test_run_classification.py.
 
 The scripts run in-process (their `main(argv)`), which skips the interpreter start of a subprocess."""
 
@@ -9,7 +11,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -168,12 +174,80 @@ def _empty_split_argv(task: str, tmp_path: Path) -> tuple[list[str], str]:
 
 
 @pytest.mark.parametrize("task", sorted(SCRIPTS))
-def test_scripts_stop_on_an_empty_split_naming_it(task, tmp_path, fresh_accelerate_state):
+def test_scripts_stop_on_an_empty_split_naming_it(task, tmp_path, monkeypatch, fresh_accelerate_state):
     from pacavit.data import EmptySplitError
 
     if task == "instance-segmentation":
         pytest.importorskip("pycocotools")
     script = load_script(task)
+    if task == "semantic-segmentation":  # fewer built-in scenes
+        scenes = script.load_digit_scenes
+        monkeypatch.setattr(script, "load_digit_scenes", lambda: scenes(8, 2, size=32))
     flags, message = _empty_split_argv(task, tmp_path)
     with pytest.raises(EmptySplitError, match=message):
         script.main([*flags, "--output_dir", str(tmp_path / "run"), "--max_train_steps", "1", "--num_threads", "1"])
+
+
+# ---------------------------------------------------------------- SIGTERM mid-run, then --resume_from_checkpoint latest
+TINY_DENSE = [
+    "--hidden_sizes", "16", "32", "48", "64", "--num_attention_heads", "1", "2", "2", "4",
+    "--depths", "1", "1", "1", "1", "--num_clusters", "8", "8", "8", "0", "--per_device_train_batch_size", "2",
+    "--num_figure_scenes", "0", "--eval_every_epochs", "0", "--checkpointing_steps", "1", "--num_threads", "1",
+]  # fmt: skip
+
+
+def _sigterm_after_first_checkpoint(out: Path, done: threading.Event) -> None:
+    """SIGTERM to this process (as a scheduler sends it) once the run has saved a checkpoint: its loop, and so
+    its handler, is running."""
+    while not done.is_set():
+        if list(out.glob("step_*/training_state.json")):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("task", ["semantic-segmentation", "instance-segmentation"])
+def test_sigterm_exits_143_with_a_checkpoint_and_resume_latest_finishes(task, tmp_path, monkeypatch, fresh_accelerate_state):
+    """The dense-task scripts' own loops (in-process: main(argv), as the interpreter would run it; SystemExit(143)
+    is the exit status): SIGTERM mid-run saves a complete step_N and exits 143, and a run with
+    --resume_from_checkpoint latest continues from step_N to the end."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from pacavit.training import TRAINING_STATE, find_latest_checkpoint
+
+    script = load_script(task)
+    out = tmp_path / "run"
+    flags = [*TINY_DENSE, "--output_dir", str(out)]
+    if task == "semantic-segmentation":  # fewer built-in scenes, at the crop size: data in well under a second
+        scenes = script.load_digit_scenes
+        monkeypatch.setattr(script, "load_digit_scenes", lambda: scenes(8, 2, size=32))
+        flags += ["--decode_head_hidden_size", "16", "--crop_size", "32", "--scale", "32", "32"]
+    else:
+        pytest.importorskip("pycocotools")
+        flags += ["--built_in_data_dir", str(tmp_path / "data"), "--built_in_scenes", "8", "2"]
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # a signal after the run must not end pytest
+    done = threading.Event()
+    watcher = threading.Thread(target=_sigterm_after_first_checkpoint, args=(out, done), daemon=True)
+    try:
+        watcher.start()
+        with pytest.raises(SystemExit) as stopped:
+            script.main([*flags, "--max_train_steps", "100"])  # a lost signal fails the test, it does not hang it
+    finally:
+        done.set()
+        watcher.join()
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.code == 143
+    latest = find_latest_checkpoint(out)
+    state = json.loads((latest / TRAINING_STATE).read_text())
+    steps = state["completed_steps"]
+    assert latest.name == f"step_{steps}" and 1 <= steps < 100 and len(state["history"]) == steps
+    assert (latest / "model.safetensors").is_file() and not list(out.glob(".tmp_*"))
+    assert not (out / "model.safetensors").exists()  # stopped, not finished
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    results = script.main([*flags, "--max_train_steps", str(steps + 2), "--resume_from_checkpoint", "latest"])
+    assert results["completed_steps"] == steps + 2
+    history = json.loads((out / "train_log.json").read_text())["history"]
+    assert len(history) == steps + 2 and history[:steps] == state["history"]  # continued, not restarted
+    assert (out / "model.safetensors").is_file()
