@@ -28,9 +28,12 @@ SCRIPTS = {
     "semantic-segmentation": "run_semantic_segmentation.py",
     "instance-segmentation": "run_instance_segmentation.py",
 }
-TINY_CLASSIFIER = [
+TINY_BACKBONE = [
     "--hidden_sizes", "16", "32", "48", "64", "--num_attention_heads", "1", "1", "2", "2",
-    "--depths", "1", "1", "1", "1", "--num_clusters", "8", "8", "8", "0", "--image_size", "16",
+    "--depths", "1", "1", "1", "1", "--num_clusters", "8", "8", "8", "0",
+]  # fmt: skip
+TINY_CLASSIFIER = [
+    *TINY_BACKBONE, "--image_size", "16",
     "--max_eval_samples", "32", "--pipeline_eval_samples", "0", "--eval_every_epochs", "0", "--num_threads", "1",
 ]  # fmt: skip
 
@@ -57,30 +60,27 @@ def fresh_accelerate_state():
 
 
 # ---------------------------------------------------------------- case 12
+@pytest.mark.parametrize("resume", [False, True], ids=["fresh", "resume-latest"])
 @pytest.mark.parametrize("task", sorted(SCRIPTS))
-def test_an_output_dir_holding_another_run_is_refused(task, tmp_path, fresh_accelerate_state):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
-    (out / "model.safetensors").write_bytes(b"another run's weights")
-    script = load_script(task)
-    with pytest.raises(FileExistsError, match=r"already holds a run \(all_results.json, model.safetensors.*--overwrite_output_dir.*--resume_from_checkpoint latest"):
-        script.main(["--output_dir", str(out), "--max_train_steps", "1"])
-    assert json.loads((out / "all_results.json").read_text()) == {"eval_accuracy": 0.9}  # untouched
-    assert (out / "model.safetensors").read_bytes() == b"another run's weights"
-
-
-@pytest.mark.parametrize("task", sorted(SCRIPTS))
-def test_resume_latest_into_a_finished_run_without_checkpoints_is_refused(task, tmp_path, fresh_accelerate_state):
+def test_an_output_dir_holding_another_run_is_refused(task, resume, tmp_path, fresh_accelerate_state):
+    """Also with --resume_from_checkpoint latest: the run there has no checkpoint, so there is nothing to continue."""
     from pacavit.training import NoCheckpointError
 
     out = tmp_path / "run"
     out.mkdir()
     (out / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
+    (out / "model.safetensors").write_bytes(b"another run's weights")
     script = load_script(task)
-    with pytest.raises(NoCheckpointError, match=r"holds a run \(all_results.json\) but no complete checkpoint"):
-        script.main(["--output_dir", str(out), "--max_train_steps", "1", "--resume_from_checkpoint", "latest"])
+    argv = ["--output_dir", str(out), "--max_train_steps", "1"]
+    if resume:
+        error, message = NoCheckpointError, r"holds a run \(all_results.json, model.safetensors\) but no complete checkpoint"
+        argv += ["--resume_from_checkpoint", "latest"]
+    else:
+        error, message = FileExistsError, r"already holds a run \(all_results.json, model.safetensors.*--overwrite_output_dir.*--resume_from_checkpoint latest"
+    with pytest.raises(error, match=message):
+        script.main(argv)
     assert json.loads((out / "all_results.json").read_text()) == {"eval_accuracy": 0.9}  # untouched
+    assert (out / "model.safetensors").read_bytes() == b"another run's weights"
 
 
 # ---------------------------------------------------------------- case 5 (training side)
@@ -190,8 +190,7 @@ def test_scripts_stop_on_an_empty_split_naming_it(task, tmp_path, monkeypatch, f
 
 # ---------------------------------------------------------------- SIGTERM mid-run, then --resume_from_checkpoint latest
 TINY_DENSE = [
-    "--hidden_sizes", "16", "32", "48", "64", "--num_attention_heads", "1", "2", "2", "4",
-    "--depths", "1", "1", "1", "1", "--num_clusters", "8", "8", "8", "0", "--per_device_train_batch_size", "2",
+    *TINY_BACKBONE, "--per_device_train_batch_size", "2",
     "--num_figure_scenes", "0", "--eval_every_epochs", "0", "--checkpointing_steps", "1", "--num_threads", "1",
 ]  # fmt: skip
 
