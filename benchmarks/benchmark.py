@@ -165,6 +165,7 @@ class Runner:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == "train" else None
         self.forward = torch.compile(model) if args.compile else model
         self.compile_s = None
+        self.peak_step_bytes = None
         self.times: list[float] = []
 
     def step(self):
@@ -197,6 +198,21 @@ class Runner:
         if warmup > 1:
             self.run(warmup - 1)
         self.compile_s = first
+        self.peak_step_bytes = self.measure_peak_step_bytes() if self.device.type == "cuda" else None
+
+    def measure_peak_step_bytes(self) -> int:
+        """Peak CUDA memory of one step of this model alone: its weights and optimizer state plus what the step
+        allocates on top of what was allocated before it (other runners' models stay resident, so the device-wide
+        peak would not be this model's)."""
+        self.sync()
+        before = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.run(1)
+        transient = torch.cuda.max_memory_allocated(self.device) - before
+        state = [p for p in self.model.parameters()]
+        if self.optimizer is not None:
+            state += [t for group in self.optimizer.state.values() for t in group.values() if torch.is_tensor(t)]
+        return transient + sum(t.numel() * t.element_size() for t in state)
 
     def summary(self, steps: int, stat: str = "median") -> dict:
         per_step = [t / steps for t in self.times]
@@ -213,6 +229,7 @@ class Runner:
             "ms_per_img": 1000 * median / self.batch_size,
             "first_step_s": self.compile_s,
             "repeats": len(per_step),
+            "peak_step_memory_gb": None if self.peak_step_bytes is None else self.peak_step_bytes / 2**30,
         }
 
 

@@ -1,16 +1,21 @@
-"""One-shot GPU check for PaCa-ViT (run through benchmarks/gpu_check.sh; a few minutes on an H100).
+"""One-shot GPU check for PaCa-ViT (run through benchmarks/gpu_check.sh; well under 10 minutes on an H100).
 
 1. environment: card, torch/CUDA versions, whether xformers is importable;
 2. agreement of the attention backends on the same weights: sdpa vs eager vs xformers (if installed),
    bf16 autocast (and fp32), logits and cluster assignments, relative error max|a-b| / max|a| (pass: <= 1e-2 in bf16);
 3. bf16 throughput of pacavit-tiny vs convnext_tiny, inference (batch 256) and train step (batch 128; forward +
-   backward + AdamW), halving the batch on OOM, for: sdpa, eager, xformers, channels_last, torch.compile;
-4. the best configuration of PaCa-Tiny and its ratio to convnext_tiny in the same setting.
+   backward + AdamW), halving the batch on OOM, for: sdpa, eager, xformers, channels_last, torch.compile; and
+   pacavit-small vs convnext_small (sdpa, eager mode and compiled). Every row has the model's own peak memory of
+   one step (`peak_step_memory_gb`: weights + optimizer state + what the step allocates);
+4. the dense tasks, so a change for classification is seen not to slow them: segmentation at 512x512 (PaCa head
+   vs SegFormer-B2, UperNet-PaCa vs UperNet-ConvNeXt-T; benchmarks/segmentation_benchmark.py) and Mask R-CNN at
+   800x1216 (vs torchvision's ResNet-50 one; benchmarks/maskrcnn_benchmark.py), bf16;
+5. the best configuration of PaCa-Tiny and its ratio to convnext_tiny in the same setting.
 
 Everything goes to --out (JSON, rewritten after every step, so a timeout still leaves results) and a table is
 printed. Nothing is downloaded (timm peers are built with pretrained=False). Items that would start after
 --budget-s seconds are skipped and marked so. ``--device cpu --quick`` runs the same code paths on a CPU with
-tiny batches, to catch trivial errors before spending GPU time.
+tiny batches and images (tests/test_benchmarks.py does), to catch errors before spending GPU time.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import benchmark as bench
+import maskrcnn_benchmark
+import segmentation_benchmark
 
 
 class Args:
@@ -120,7 +127,7 @@ def agreement(device, quick: bool, results: dict):
     results["agreement"] = out
 
 
-def run_case(label, specs, mode, batch, device, args: Args, results, budget_end):
+def run_case(label, specs, mode, batch, device, args: Args, results, budget_end, image_size=224):
     if time.time() > budget_end:
         results["throughput"].append({"label": label, "mode": mode, "skipped": "time budget"})
         return None
@@ -128,7 +135,7 @@ def run_case(label, specs, mode, batch, device, args: Args, results, budget_end)
     while True:
         oom = False
         try:
-            rows = bench.measure(specs, mode, args, device, batch, 224, log=lambda *a: None)
+            rows = bench.measure(specs, mode, args, device, batch, image_size, log=lambda *a: None)
             break
         except Exception as error:  # noqa: BLE001 - recorded in the results, the check goes on
             if bench.is_oom(error) and batch > 1:
@@ -147,12 +154,38 @@ def run_case(label, specs, mode, batch, device, args: Args, results, budget_end)
             batch //= 2
     for row in rows:
         row.update(label=label, wall_s=time.time() - start)
-        if device.type == "cuda":
-            row["max_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         results["throughput"].append(row)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     return rows
+
+
+def dense_tasks(device, quick: bool, results: dict, budget_end: float) -> None:
+    """Segmentation (512x512) and Mask R-CNN (800x1216) inference against their peers, in bf16 on CUDA."""
+    dtype = "bf16" if device.type == "cuda" else "fp32"
+    jobs = {
+        "segmentation": lambda: segmentation_benchmark.main(
+            ["--device", str(device), "--dtype", dtype, "--image-size", "128" if quick else "512",
+             "--batch-sizes", *(["1"] if quick else ["8", "32"]), "--repeats", "1" if quick else "5",
+             "--warmup-max-batch", "64"]
+        ),
+        "maskrcnn": lambda: maskrcnn_benchmark.main(
+            ["--device", str(device), "--dtype", dtype, "--repeats", "1" if quick else "10", "--warmup", "1" if quick else "3",
+             "--output", str(Path(results["environment"]["out"]).with_name("gpu_maskrcnn.json"))]
+            + (["--height", "128", "--width", "192"] if quick else [])
+        ),
+    }
+    results["dense"] = {}
+    for name, job in jobs.items():
+        if time.time() > budget_end:
+            results["dense"][name] = {"skipped": "time budget"}
+            continue
+        try:
+            record = job()
+            if name == "maskrcnn":
+                record = json.loads(Path(results["environment"]["out"]).with_name("gpu_maskrcnn.json").read_text())
+            results["dense"][name] = record
+        except Exception as error:  # noqa: BLE001 - recorded in the results, the check goes on
+            results["dense"][name] = {"error": f"{type(error).__name__}: {error}"[:500]}
+            traceback.print_exc()
 
 
 def main(argv=None) -> int:
@@ -195,6 +228,7 @@ def main(argv=None) -> int:
         else None,
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "command": " ".join(sys.argv),
+        "out": args.out,
     }
     results = {"environment": env, "agreement": None, "throughput": []}
     out_path = Path(args.out)
@@ -215,9 +249,12 @@ def main(argv=None) -> int:
 
     infer_batch, train_batch = (2, 2) if args.quick else (args.infer_batch, args.train_batch)
     common = (
-        {"warmup": 1, "repeats": 2, "steps": 1} if args.quick else {"warmup": 3, "repeats": 5, "steps": 5}
+        {"warmup": 1, "repeats": 1, "steps": 1} if args.quick else {"warmup": 3, "repeats": 5, "steps": 5}
     )
+    if args.quick and device.type == "cpu":  # a CPU without AVX-512 BF16 emulates bf16 slowly; the paths are the same
+        common["dtype"] = "fp32"
     paca, peer = "pacavit-tiny", "convnext_tiny"
+    image_size = 64 if args.quick else 224
     have_xformers = device.type == "cuda" and "not available" not in str(env.get("xformers", "not available"))
     cases = [
         ("bf16 eager-mode, sdpa", [paca, *args.extra_models, peer], {}),
@@ -231,28 +268,35 @@ def main(argv=None) -> int:
         cases.append(
             ("bf16 torch.compile + channels_last", [paca, peer], {"compile": True, "channels_last": True})
         )
+    cases.append(("bf16 eager-mode, sdpa [small]", ["pacavit-small", "convnext_small"], {}))
+    if not args.no_compile:
+        cases.append(("bf16 torch.compile [small]", ["pacavit-small", "convnext_small"], {"compile": True}))
     for label, specs, options in cases:
         for mode, batch in (("infer", infer_batch), ("train", train_batch)):
             print(f"[{time.time() - t0:6.1f}s] {label} [{mode}] batch {batch}", flush=True)
-            run_case(label, specs, mode, batch, device, Args(**common, **options), results, budget_end)
+            run_case(label, specs, mode, batch, device, Args(**common, **options), results, budget_end, image_size)
             save()
+    print(f"[{time.time() - t0:6.1f}s] dense tasks", flush=True)
+    dense_tasks(device, args.quick, results, budget_end)
+    save()
 
     # table + best configuration
     rows = [r for r in results["throughput"] if "img_per_s" in r]
     print(
-        f"\n{'configuration':38s} {'mode':6s} {'model':30s} {'batch':>5s} {'img/s':>9s} {'x convnext':>10s} {'first step s':>12s}"
+        f"\n{'configuration':38s} {'mode':6s} {'model':30s} {'batch':>5s} {'img/s':>9s} {'x convnext':>10s} {'first step s':>12s} {'peak GB':>8s}"
     )
     best = {}
     for r in rows:
+        own_peer = "convnext_small" if r["model"].startswith("pacavit-small") else peer
         peer_row = next(
-            (p for p in rows if p["label"] == r["label"] and p["mode"] == r["mode"] and p["model"] == peer),
+            (p for p in rows if p["label"] == r["label"] and p["mode"] == r["mode"] and p["model"] == own_peer),
             None,
         )
         ratio = r["img_per_s"] / peer_row["img_per_s"] if peer_row else float("nan")
-        r["ratio_vs_convnext_tiny_same_config"] = ratio if peer_row else None
+        r["ratio_vs_convnext_same_config"] = ratio if peer_row else None
         print(
             f"{r['label']:38s} {r['mode']:6s} {r['model'][-30:]:30s} {r['batch_size']:5d} {r['img_per_s']:9.1f} {ratio:10.3f} "
-            f"{(r.get('first_step_s') or 0):12.1f}"
+            f"{(r.get('first_step_s') or 0):12.1f} {(r.get('peak_step_memory_gb') or float('nan')):8.2f}"
         )
         if r["model"].startswith(paca) and (
             r["mode"] not in best or r["img_per_s"] > best[r["mode"]]["img_per_s"]
@@ -270,10 +314,17 @@ def main(argv=None) -> int:
             "configuration": r["label"],
             "model": r["model"],
             "img_per_s": r["img_per_s"],
-            "ratio_vs_convnext_same_config": r.get("ratio_vs_convnext_tiny_same_config"),
+            "ratio_vs_convnext_same_config": r.get("ratio_vs_convnext_same_config"),
             "ratio_vs_best_convnext": (r["img_per_s"] / peer_best) if peer_best else None,
         }
         print(f"best PaCa-Tiny [{mode}]: {json.dumps(results['best'][mode])}")
+    for name, record in (results.get("dense") or {}).items():
+        for ratio in record.get("ratios", []):
+            print(f"{name}: {ratio['ours']} / {ratio['theirs']} batch {ratio['batch']}: {ratio['ratio']:.2f}x")
+        if "ratio" in record:
+            print(f"{name}: PaCa-Tiny Mask R-CNN / ResNet-50 Mask R-CNN: {record['ratio']:.2f}x")
+        if "error" in record or "skipped" in record:
+            print(f"{name}: {record.get('error') or record.get('skipped')}")
     save()
     print(f"wrote {out_path} ({time.time() - t0:.0f}s)")
     return 0
