@@ -209,7 +209,7 @@ class Runner:
         torch.cuda.reset_peak_memory_stats(self.device)
         self.run(1)
         transient = torch.cuda.max_memory_allocated(self.device) - before
-        state = [p for p in self.model.parameters()]
+        state = list(self.model.parameters())
         if self.optimizer is not None:
             state += [t for group in self.optimizer.state.values() for t in group.values() if torch.is_tensor(t)]
         return transient + sum(t.numel() * t.element_size() for t in state)

@@ -153,6 +153,15 @@ def test_empty_splits_name_the_split_its_source_and_what_to_do(tmp_path):
         (tmp_path / "seg" / sub).mkdir(parents=True)
     with pytest.raises(EmptySplitError, match=r"'train' split from the folder '.*seg/images' \(--train_dir\) has no images"):
         load_segmentation_dataset(train_dir=str(tmp_path / "seg"))
+    # a 0-row Hub train split and no validation split: nothing is held out, the script's check names the split
+    import datasets
+    from unittest import mock
+
+    empty = datasets.DatasetDict(train=datasets.Dataset.from_dict({"image": [], "annotation": []}))
+    with mock.patch("datasets.load_dataset", return_value=empty):
+        raw = load_segmentation_dataset("user/set")
+    with pytest.raises(EmptySplitError, match=r"'train' split from the 🤗 dataset 'user/set' has no samples"):
+        check_splits_not_empty(raw, Namespace(dataset_name="user/set"))
 
 
 def _empty_split_argv(task: str, tmp_path: Path) -> tuple[list[str], str]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .common import IMAGE_EXTENSIONS, EmptySplitError, check_folder_has_images
+from .common import IMAGE_EXTENSIONS, check_folder_has_images
 
 DIGIT_SCENE_LABELS = ["background"] + [f"digit {d}" for d in range(10)]
 
@@ -119,14 +119,11 @@ def load_segmentation_dataset(
         if "validation" not in raw:
             if "test" in raw:
                 raw["validation"] = raw.pop("test")
-            else:  # hold out 10% of train (an empty train split fails here, naming it)
-                if "train" not in raw:
-                    raise ValueError(f"Dataset {dataset_name!r} has no 'train' split; splits: {list(raw)}.")
-                if len(raw["train"]) == 0:
-                    raise EmptySplitError(
-                        f"The 'train' split from the 🤗 dataset {dataset_name!r} has no samples (0 rows): "
-                        "nothing to train on or hold out for validation. Choose another dataset."
-                    )
+            elif "train" not in raw:
+                raise ValueError(f"Dataset {dataset_name!r} has no 'train' split; splits: {list(raw)}.")
+            elif len(raw["train"]) == 0:  # nothing to hold out; the script's check_splits_not_empty names the split
+                raw["validation"] = raw["train"]
+            else:  # hold out 10% of train
                 parts = raw["train"].train_test_split(test_size=0.1, seed=0)
                 raw = datasets.DatasetDict(train=parts["train"], validation=parts["test"])
         return raw
