@@ -206,23 +206,63 @@ def test_reusing_blocks_return_the_assignment_of_the_block_that_computed_it():
 
 @pytest.mark.parametrize("variant", ["conv-stagewise", "teacher", "every-2", "no-dwconv", "sub-norm-no-shortcut"])
 def test_fast_paths_compute_the_plain_function(variant, monkeypatch):
-    """The inference-only fast paths (in-place GELU, MLP hidden channels in slices) and channels-last inputs give
-    the outputs of the plain autograd path."""
-    from pacavit.modeling_pacavit import PaCaViTMlp
+    """The inference-only fast paths (in-place GELU; on CPU the stem and stages a few images at a time and the MLP
+    hidden channels in slices) and channels-last inputs give the outputs of the plain autograd path."""
+    from pacavit import modeling_pacavit
 
     model = build(variant=variant)
-    pixel_values = torch.randn(2, 3, 61, 83)
-    monkeypatch.setattr(PaCaViTMlp, "inference_chunk_bytes", None)
-    plain = model(pixel_values, output_hidden_states=True)  # autograd on: no fast path
+    pixel_values = torch.randn(3, 3, 61, 83)
+    monkeypatch.setattr(modeling_pacavit, "CPU_INFERENCE_GROUP_BYTES", None)
+    monkeypatch.setattr(modeling_pacavit, "CPU_INFERENCE_SLICE_BYTES", None)
+    plain = model(pixel_values, output_hidden_states=True, output_cluster_assignments=True)  # autograd: no fast path
+    first_stage = model.pacavit.stages[0]
+    group_sizes = []  # batch sizes seen by the first block of the first stage
+    first_stage.layers[0].register_forward_pre_hook(lambda module, args: group_sizes.append(args[0].shape[0]))
     with torch.no_grad():
         in_place = model(pixel_values).logits
-        monkeypatch.setattr(PaCaViTMlp, "inference_chunk_bytes", 1)  # one hidden channel per slice
-        sliced = model(pixel_values, output_hidden_states=True)
+        # one image per group, one hidden channel per slice
+        monkeypatch.setattr(modeling_pacavit, "CPU_INFERENCE_GROUP_BYTES", 1)
+        monkeypatch.setattr(modeling_pacavit, "CPU_INFERENCE_SLICE_BYTES", 1)
+        group_sizes.clear()
+        chunked = model(pixel_values, output_hidden_states=True)
+        assert group_sizes == [1, 1, 1]
         channels_last = model(pixel_values.contiguous(memory_format=torch.channels_last)).logits
-    for fast in (in_place, sliced.logits, channels_last):
+        # the first stage in groups of two images, then one
+        first_stage_tokens = chunked.hidden_states[0].shape[-2:].numel()
+        mlp_hidden_bytes_per_image = first_stage_tokens * first_stage.mlp_hidden_size * pixel_values.element_size()
+        monkeypatch.setattr(modeling_pacavit, "CPU_INFERENCE_GROUP_BYTES", 2 * mlp_hidden_bytes_per_image)
+        monkeypatch.setattr(modeling_pacavit, "CPU_INFERENCE_SLICE_BYTES", None)
+        group_sizes.clear()
+        grouped = model(pixel_values).logits
+        with_maps = model(pixel_values, output_cluster_assignments=True)  # returned for the whole batch: no groups
+        assert group_sizes == [2, 1, 3]
+    for fast in (in_place, chunked.logits, channels_last, grouped, with_maps.logits):
         torch.testing.assert_close(fast, plain.logits, atol=2e-5, rtol=2e-5)
-    for fast, reference in zip(sliced.hidden_states, plain.hidden_states):
+    for fast, reference in zip(chunked.hidden_states, plain.hidden_states):
         torch.testing.assert_close(fast, reference, atol=2e-5, rtol=2e-5)
+    for fast, reference in zip(with_maps.cluster_assignments, plain.cluster_assignments):
+        if reference is not None:
+            torch.testing.assert_close(fast, reference, atol=2e-5, rtol=2e-5)
+
+
+def test_cpu_inference_groups_only_where_they_apply(monkeypatch):
+    """Autograd, training mode and torch.compile run the batch whole; CPU inference splits it to the budget."""
+    from pacavit import modeling_pacavit
+    from pacavit.modeling_pacavit import cpu_inference_group_size
+
+    tokens = torch.zeros(8, 10, 4)
+    monkeypatch.setattr(modeling_pacavit, "CPU_INFERENCE_GROUP_BYTES", 3000)
+    with torch.no_grad():
+        assert cpu_inference_group_size(tokens, 1000) == 3
+        assert cpu_inference_group_size(tokens, 10_000) == 1  # one image over the budget: a group of one
+        assert cpu_inference_group_size(tokens, 100) == 8
+        assert cpu_inference_group_size(tokens, 1000, training=True) == 8
+        compiled = torch.compile(lambda t: t[: cpu_inference_group_size(t, 1000)], fullgraph=True, backend="eager")
+        assert compiled(tokens).shape[0] == 8  # compiled code plans its own buffers
+    assert cpu_inference_group_size(tokens, 1000) == 8  # autograd on
+    monkeypatch.setattr(modeling_pacavit, "CPU_INFERENCE_GROUP_BYTES", None)
+    with torch.no_grad():
+        assert cpu_inference_group_size(tokens, 1000) == 8
 
 
 def test_compiled_model_matches_eager_mode():

@@ -114,6 +114,38 @@ def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
     return feature_map.permute(0, 2, 3, 1).flatten(1, 2)
 
 
+# Autograd-off CPU inference (eval mode) runs the stem and each stage a few images at a time, so that no transient
+# buffer of a group exceeds CPU_INFERENCE_GROUP_BYTES, and computes the MLP of one image whose hidden activation
+# would exceed CPU_INFERENCE_SLICE_BYTES in hidden-channel slices. Why: glibc serves fresh buffers of tens of MB
+# with pages that are faulted in again on every call (mmap, or a trimmed heap), and they overflow the cache; at
+# batch 8, 224x224 on a 2-core CPU the groups made PaCa-Tiny ~15 % faster, and the slices keep high resolutions
+# from costing more than linear (benchmarks/RESULTS.md, "CPU inference in image groups"). Images are independent in
+# this network, so the outputs are the same. `None` turns either off. GPUs, autograd, training mode and
+# torch.compile/export/tracing always run the batch whole.
+CPU_INFERENCE_GROUP_BYTES: int | None = 8 * 2**20
+CPU_INFERENCE_SLICE_BYTES: int | None = 32 * 2**20
+
+
+def cpu_inference_chunking(tensor: torch.Tensor, training: bool = False) -> bool:
+    """Whether a forward pass on `tensor` is CPU inference, where image groups and MLP slices apply."""
+    return (
+        tensor.device.type == "cpu"
+        and not training
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()  # compiled code plans its own buffers
+        and not torch.jit.is_tracing()
+    )
+
+
+def cpu_inference_group_size(tensor: torch.Tensor, bytes_per_image: int, training: bool = False) -> int:
+    """How many images of `tensor`'s batch to run at a time so that a buffer of `bytes_per_image` bytes per image
+    stays within `CPU_INFERENCE_GROUP_BYTES` (at least one; the whole batch where grouping does not apply)."""
+    batch = tensor.shape[0]
+    if CPU_INFERENCE_GROUP_BYTES is None or not cpu_inference_chunking(tensor, training):
+        return batch
+    return max(1, min(batch, CPU_INFERENCE_GROUP_BYTES // max(bytes_per_image, 1)))
+
+
 def check_pixel_values(pixel_values, config: PaCaViTConfig, training: bool = False) -> None:
     """Raise a TypeError/ValueError that says what is wrong and what to do for `pixel_values` the network
     cannot take. Every PaCa-ViT model class calls it first (the segmentation/detection models too).
@@ -302,9 +334,17 @@ class PaCaViTEmbeddings(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         # inputs were checked by `check_pixel_values`; another float precision is cast (a no-op when equal)
-        feature_map = self.projection(pixel_values.to(self.projection[0].weight.dtype))
-        height, width = feature_map.shape[-2:]
-        return self.layernorm(map_to_tokens(feature_map)), height, width
+        pixel_values = pixel_values.to(self.projection[0].weight.dtype)
+        # the widest buffer is the first conv's output, (dim / 2) channels at half the resolution
+        first_output_bytes = (
+            math.ceil(pixel_values.shape[-2] / 2) * math.ceil(pixel_values.shape[-1] / 2)
+            * self.projection[0].out_channels * pixel_values.element_size()
+        )
+        group = cpu_inference_group_size(pixel_values, first_output_bytes, self.training)
+        feature_maps = [self.projection(images) for images in pixel_values.split(group)]
+        height, width = feature_maps[0].shape[-2:]
+        tokens = [self.layernorm(map_to_tokens(feature_map)) for feature_map in feature_maps]
+        return (tokens[0] if len(tokens) == 1 else torch.cat(tokens)), height, width
 
 
 class PaCaViTDownsample(nn.Module):
@@ -460,13 +500,10 @@ class PaCaViTMlp(nn.Module):
 
     The shortcut is folded into the convolution (`x + dwconv(x)` is the depth-wise conv whose kernel has +1 on
     its centre tap), which saves a pass and a buffer over the widest tensor of the block. Without autograd the
-    exact GELU runs in place, and on CPU inputs whose hidden activation would exceed `inference_chunk_bytes` run
-    the hidden channels in slices (fc2 is a sum over them), so no large (N, 4C) buffer is allocated: glibc serves
-    buffers over 32 MB from mmap and they are page-faulted on every call, which made high resolutions cost more
-    than linear. Set `PaCaViTMlp.inference_chunk_bytes = None` to disable the slicing.
+    exact GELU runs in place, and in CPU inference a hidden activation that would exceed
+    `CPU_INFERENCE_SLICE_BYTES` (a large image: the stage already runs several images in groups) is computed in
+    hidden-channel slices (fc2 is a sum over them), so no large (N, 4C) buffer is allocated.
     """
-
-    inference_chunk_bytes: int | None = 32 * 2**20
 
     def __init__(self, config: PaCaViTConfig, stage: int) -> None:
         super().__init__()
@@ -512,15 +549,13 @@ class PaCaViTMlp(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int) -> torch.Tensor:
         if (
-            self.inference_chunk_bytes
+            CPU_INFERENCE_SLICE_BYTES is not None
             and self.dwconv is not None
             and self.exact_gelu
-            and not torch.is_grad_enabled()
-            and hidden_states.device.type == "cpu"  # a CPU allocator matter; GPUs keep one fused pass
-            and not (self.training and self.dropout.p > 0)
+            and cpu_inference_chunking(hidden_states, self.training)
         ):
             hidden_bytes = hidden_states[..., :1].numel() * self.fc1.out_features * hidden_states.element_size()
-            slices = min(-(-hidden_bytes // self.inference_chunk_bytes), self.fc1.out_features)
+            slices = min(-(-hidden_bytes // CPU_INFERENCE_SLICE_BYTES), self.fc1.out_features)
             if slices > 1:
                 return self._forward_in_slices(hidden_states, height, width, slices)
         hidden_states = self.fc1(hidden_states)
@@ -610,6 +645,7 @@ class PaCaViTStage(nn.Module):
         self.layers = nn.ModuleList(
             PaCaViTLayer(config, stage, index, rate) for index, rate in enumerate(drop_path_rates)
         )
+        self.mlp_hidden_size = int(config.hidden_sizes[stage] * config.mlp_ratios[stage])  # its widest buffer
         self.layernorm = nn.LayerNorm(config.hidden_sizes[stage], eps=config.layer_norm_eps)
 
     def forward(
@@ -621,6 +657,33 @@ class PaCaViTStage(nn.Module):
         teacher_output: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_cluster_assignments: bool = False,
+    ):
+        group = hidden_states.shape[0]
+        if not (output_attentions or output_cluster_assignments):  # those are returned for the whole batch
+            if self.downsample is not None:  # the 3x3 stride-2 transition halves the grid, rounding up
+                height_out, width_out = math.ceil(height / 2), math.ceil(width / 2)
+            else:
+                height_out, width_out = height, width
+            mlp_hidden_bytes = height_out * width_out * self.mlp_hidden_size * hidden_states.element_size()
+            group = cpu_inference_group_size(hidden_states, mlp_hidden_bytes, self.training)
+        if group < hidden_states.shape[0]:  # CPU inference, a few images at a time (images are independent)
+            num_groups = math.ceil(hidden_states.shape[0] / group)
+
+            def split(tensor):  # no teacher: None for every group
+                return [None] * num_groups if tensor is None else tensor.split(group)
+
+            groups = zip(split(hidden_states), split(teacher_assignment), split(teacher_output))
+            outputs = [self._forward_images(*inputs, height, width, False, False) for inputs in groups]
+            hidden_states, height, width = torch.cat([output[0] for output in outputs]), *outputs[0][1:3]
+            return hidden_states, height, width, [], []
+        return self._forward_images(
+            hidden_states, teacher_assignment, teacher_output, height, width, output_attentions,
+            output_cluster_assignments,
+        )
+
+    def _forward_images(
+        self, hidden_states, teacher_assignment, teacher_output, height, width, output_attentions,
+        output_cluster_assignments,
     ):
         if self.downsample is not None:
             hidden_states, height, width = self.downsample(hidden_states, height, width)
