@@ -133,6 +133,7 @@ def cpu_inference_chunking(tensor: torch.Tensor, training: bool = False) -> bool
         and not training
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()  # compiled code plans its own buffers
+        and not getattr(torch.compiler, "is_exporting", lambda: False)()  # non-strict export (torch >= 2.5)
         and not torch.jit.is_tracing()
     )
 
@@ -341,10 +342,13 @@ class PaCaViTEmbeddings(nn.Module):
             * self.projection[0].out_channels * pixel_values.element_size()
         )
         group = cpu_inference_group_size(pixel_values, first_output_bytes, self.training)
-        feature_maps = [self.projection(images) for images in pixel_values.split(group)]
-        height, width = feature_maps[0].shape[-2:]
-        tokens = [self.layernorm(map_to_tokens(feature_map)) for feature_map in feature_maps]
-        return (tokens[0] if len(tokens) == 1 else torch.cat(tokens)), height, width
+        if group < pixel_values.shape[0]:  # CPU inference, a few images at a time (images are independent)
+            feature_maps = [self.projection(images) for images in pixel_values.split(group)]
+            tokens = torch.cat([self.layernorm(map_to_tokens(feature_map)) for feature_map in feature_maps])
+            return tokens, *feature_maps[0].shape[-2:]
+        feature_map = self.projection(pixel_values)
+        height, width = feature_map.shape[-2:]
+        return self.layernorm(map_to_tokens(feature_map)), height, width
 
 
 class PaCaViTDownsample(nn.Module):
