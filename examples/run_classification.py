@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
             if messages:
                 logger.warning(f"Skipped {len(messages)} unreadable image(s) in the {split!r} split.")
     # an empty split stops here, naming it and its source (not in a DataLoader or metric later)
-    check_splits_not_empty(raw, args, ("validation",) if args.eval_only else ("train", "validation"))
+    check_splits_not_empty(raw, args)
 
     # ---------------------------------------------------------------- model
     model, preset_name, arch_overrides = build_model(args, label_names)

@@ -235,7 +235,7 @@ def load_data(args):
             dataset.image_ids, dataset.images = dataset.image_ids[:n], dataset.images[:n]
     # an empty split stops here, naming it and its source (not in a DataLoader or the COCO evaluator later)
     splits = {"train": train_set, "validation": eval_set}
-    check_splits_not_empty(splits, args, ("validation",) if args.eval_only else ("train", "validation"))
+    check_splits_not_empty(splits, args)
     return train_set, eval_set, label
 
 

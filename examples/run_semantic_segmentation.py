@@ -180,7 +180,7 @@ def load_data(args):
         if limit is not None:
             raw[split] = raw[split].select(range(limit_samples(len(raw[split]), limit, split)))
     # an empty split stops here, naming it and its source (not in 🤗 Datasets or a DataLoader later)
-    check_splits_not_empty(raw, args, ("validation",) if args.eval_only else ("train", "validation"))
+    check_splits_not_empty(raw, args)
     return raw, id2label, name
 
 

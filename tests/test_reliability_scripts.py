@@ -136,6 +136,9 @@ def test_empty_splits_name_the_split_its_source_and_what_to_do(tmp_path):
     with pytest.raises(EmptySplitError, match=r"the 🤗 dataset 'user/set' \(split 'dev', --validation_split\) has no samples \(0 rows\) after --skip_corrupt_images.*Choose another split"):
         check_splits_not_empty({"train": [1], "validation": []}, hub)
     check_splits_not_empty({"train": [], "validation": [1]}, hub, required=("validation",))  # --eval_only
+    check_splits_not_empty({"train": [], "validation": [1]}, Namespace(eval_only=True))  # derived from the flag
+    with pytest.raises(EmptySplitError, match=r"'validation' split from the built-in data"):
+        check_splits_not_empty({"train": [], "validation": []}, Namespace(eval_only=True))
     with pytest.raises(EmptySplitError, match=r"--max_train_samples 0 leaves the 'train' split without samples\. Pass a positive number, or drop"):
         check_splits_not_empty({"train": [], "validation": [1]}, Namespace(max_train_samples=0))
     with pytest.raises(EmptySplitError, match=r"--max_eval_samples -1 leaves the 'validation' split"):

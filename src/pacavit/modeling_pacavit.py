@@ -649,8 +649,13 @@ class PaCaViTStage(nn.Module):
         self.layers = nn.ModuleList(
             PaCaViTLayer(config, stage, index, rate) for index, rate in enumerate(drop_path_rates)
         )
-        self.mlp_hidden_size = int(config.hidden_sizes[stage] * config.mlp_ratios[stage])  # its widest buffer
         self.layernorm = nn.LayerNorm(config.hidden_sizes[stage], eps=config.layer_norm_eps)
+
+    @property
+    def mlp_hidden_size(self) -> int:
+        """Channels of the MLP's hidden activation, the stage's widest buffer (every block has the same; 0 for a
+        stage without blocks)."""
+        return self.layers[0].mlp.fc1.out_features if len(self.layers) else 0
 
     def forward(
         self,

@@ -215,11 +215,14 @@ def limit_samples(count: int, limit: int | None, split: str) -> int:
     return count if limit is None else min(limit, count)
 
 
-def check_splits_not_empty(splits, args, required: tuple[str, ...] = ("train", "validation")) -> None:
+def check_splits_not_empty(splits, args, required: tuple[str, ...] | None = None) -> None:
     """Raise `EmptySplitError` when one of the `required` splits of `splits` (a mapping to anything with a
     length) has no samples, naming the split, where it came from (`split_source(args, ...)`) and what to do
     -- instead of a 🤗 Datasets, DataLoader or metric error later. Call once the script has selected, limited
-    and filtered its splits, before building the data loaders (a missing split is the caller's error)."""
+    and filtered its splits, before building the data loaders (a missing split is the caller's error).
+    `required` defaults to the validation split under `--eval_only`, else to train and validation."""
+    if required is None:
+        required = ("validation",) if getattr(args, "eval_only", False) else ("train", "validation")
     for split in required:
         if split not in splits or len(splits[split]) > 0:
             continue
