@@ -33,12 +33,11 @@ def build(name: str):
 
     if name.startswith("pacavit"):
         head = "paca" if name.endswith("paca-head") else "upernet"
-        backbone = PaCaViTConfig.from_preset("pacavit-tiny", num_clusters=[200, 200, 200, 0]).to_dict()
-        for key in ("model_type", "transformers_version", "id2label", "label2id", "num_labels"):
-            backbone.pop(key, None)
-        model = PaCaViTForSemanticSegmentation(
-            PaCaViTSegmentationConfig(**backbone, num_labels=150, decode_head_type=head, use_auxiliary_head=False)
+        backbone = PaCaViTConfig.from_preset("pacavit-tiny", num_clusters=[200, 200, 200, 0])
+        config = PaCaViTSegmentationConfig.from_backbone_config(
+            backbone, num_labels=150, decode_head_type=head, use_auxiliary_head=False
         )
+        model = PaCaViTForSemanticSegmentation(config)
         upsample = head == "upernet"
         return model, upsample
     if name == "segformer-b2":

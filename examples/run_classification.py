@@ -36,9 +36,9 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate.logging import get_logger
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoImageProcessor
 
-from pacavit import PaCaViTConfig  # (importing pacavit registers PaCa-ViT with the Auto classes)
+import pacavit  # noqa: F401  (registers PaCa-ViT with the Auto classes)
 from pacavit.data import (
     DIGITS_DESCRIPTION,
     DIGITS_NAME,
@@ -52,15 +52,15 @@ from pacavit.data import (
     select_splits,
     split_train_validation,
 )
-from pacavit.hub import push_folder
-from pacavit.metrics import TopKAccuracy, topk_predictions
-from pacavit.model_card import (
+from pacavit.hub.cards import (
     CardMetric,
     architecture_section,
     hardware_section,
     recipe_section,
     write_model_card,
 )
+from pacavit.hub.push import push
+from pacavit.metrics import TopKAccuracy, topk_predictions
 from pacavit.training import (
     TrainingRun,
     backward_and_step,
@@ -82,6 +82,7 @@ from pacavit.training.classification import (
     build_criterion,
     build_image_processor,
     build_mixup,
+    build_model,
     build_train_transform,
     parse_args,
 )
@@ -89,7 +90,6 @@ from pacavit.training.classification import (
 logger = get_logger(__name__)
 
 IMAGE_COLUMNS, LABEL_COLUMNS = ("image", "img"), ("label", "labels")
-ARCH_FLAGS = ("hidden_sizes", "depths", "num_attention_heads", "num_clusters", "drop_path_rate")
 # The settings listed in the model card's recipe table.
 CARD_RECIPE_KEYS = (
     "recipe image_size crop_pct interpolation num_train_epochs max_train_steps per_device_train_batch_size "
@@ -149,48 +149,6 @@ def make_collate_fn(image_processor):
         return {"pixel_values": pixel_values, "labels": labels}
 
     return collate
-
-
-# ============================================================================================
-# Model
-# ============================================================================================
-def build_model(args, label_names: list[str]):
-    """A checkpoint (--model_name_or_path) or a preset trained from scratch; returns the model, its
-    description and the architecture overrides of the preset."""
-    id2label = dict(enumerate(label_names))
-    label2id = {name: i for i, name in id2label.items()}
-    model_kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
-    if args.model_name_or_path is None:
-        overrides = {key: getattr(args, key) for key in ARCH_FLAGS if getattr(args, key) is not None}
-        config = PaCaViTConfig.from_preset(
-            args.preset,
-            num_labels=len(label_names),
-            id2label=id2label,
-            label2id=label2id,
-            image_size=args.image_size,
-            **overrides,
-        )
-        return AutoModelForImageClassification.from_config(config, **model_kwargs), args.preset, overrides
-
-    config_kwargs = dict(trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir)
-    if not args.eval_only:
-        config_kwargs.update(num_labels=len(label_names), id2label=id2label, label2id=label2id)
-    if args.drop_path_rate is not None:
-        config_kwargs["drop_path_rate"] = args.drop_path_rate
-    config = AutoConfig.from_pretrained(args.model_name_or_path, **config_kwargs)
-    model = AutoModelForImageClassification.from_pretrained(
-        args.model_name_or_path,
-        config=config,
-        ignore_mismatched_sizes=args.ignore_mismatched_sizes,
-        trust_remote_code=args.trust_remote_code,
-        cache_dir=args.cache_dir,
-        **model_kwargs,
-    )
-    if args.eval_only and model.config.num_labels != len(label_names):
-        raise ValueError(
-            f"The checkpoint has {model.config.num_labels} labels but the dataset has {len(label_names)}."
-        )
-    return model, getattr(model.config, "_name_or_path", None) or args.model_name_or_path, {}
 
 
 # ============================================================================================
@@ -604,7 +562,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"wall time {results['wall_time_s']:.1f} s; saved to {out}"
         )
         if args.push_to_hub:
-            push_folder(setup.repo_id, out, token=args.hub_token, commit_message="run_classification.py")
+            push(out, setup.repo_id, token=args.hub_token, commit_message="run_classification.py")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results

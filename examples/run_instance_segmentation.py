@@ -19,28 +19,28 @@ norms; 12 epochs with the lr x0.1 at epochs 8 and 11; 500-iteration linear warm-
         --validation_annotations coco/annotations/instances_val2017.json --output_dir runs/mask-rcnn-pacavit-tiny
 
 Evaluate a converted mmdet checkpoint: `--eval_only --model_name_or_path <folder> --validation_dir ...`.
+
+The flags, recipes and model/transform builders are in `pacavit.training.detection`; the machinery every task
+script shares (checkpoints, resume, schedules, parameter groups, logging) is `pacavit.training`. This file is the
+task's flow, top to bottom.
 """
 
 from __future__ import annotations
 
 import pacavit_openmp_guard  # noqa: F401  first: before torch loads OpenMP
 
-import json  # noqa: E402
-import sys  # noqa: E402
-from functools import partial  # noqa: E402
-from pathlib import Path  # noqa: E402
+# isort: split
+# ruff: noqa: E402  (the imports below must follow the guard)
+import sys
+from functools import partial
+from pathlib import Path
 
-import torch  # noqa: E402
-from accelerate.logging import get_logger  # noqa: E402
+import torch
+from accelerate.logging import get_logger
 
-from pacavit import PaCaViTConfig, PaCaViTForInstanceSegmentation, PaCaViTMaskRCNNConfig  # noqa: E402
-from pacavit import PaCaViTMaskRCNNImageProcessor  # noqa: E402
-from pacavit import training as T  # noqa: E402
-from pacavit.data.common import check_splits_not_empty, limit_samples  # noqa: E402
-from pacavit.data.detection import (  # noqa: E402
-    CROP_PRE_RESIZE_SHORT_SIDES,
-    CROP_SIZE_RANGE,
-    MULTI_SCALE_SHORT_SIDES,
+from pacavit import training as T
+from pacavit.data.common import check_splits_not_empty, decode_image, limit_samples
+from pacavit.data.detection import (
     CocoInstanceDataset,
     DetectionTransform,
     build_digit_scenes_coco,
@@ -48,145 +48,20 @@ from pacavit.data.detection import (  # noqa: E402
     collate_detection,
     load_coco_folder,
 )
-from pacavit.metrics.detection import STAT_NAMES, CocoEvaluator  # noqa: E402
-from pacavit.model_card import CardMetric, hardware_section, recipe_section, write_model_card  # noqa: E402
+from pacavit.hub.cards import CardMetric, hardware_section, recipe_section, write_model_card
+from pacavit.metrics.detection import STAT_NAMES, CocoEvaluator
+from pacavit.training.detection import (
+    BASE_DEFAULTS,
+    build_image_processor,
+    build_model,
+    build_train_transform,
+    parse_args,
+)
 
 logger = get_logger(__name__)
 
-BASE_DEFAULTS = dict(
-    T.OPTIMIZATION_DEFAULTS,
-    **T.ARCHITECTURE_DEFAULTS,
-    detector_overrides=None,
-    train_short_sides=list(MULTI_SCALE_SHORT_SIDES),
-    max_size=1333,
-    eval_short_side=800,
-    crop_pre_resize_short_sides=list(CROP_PRE_RESIZE_SHORT_SIDES),
-    crop_size_range=list(CROP_SIZE_RANGE),
-    crop_prob=0.5,
-    flip_prob=0.5,
-)
-RECIPES = {
-    # the default, offline run: 96x96 scenes of 4 digit classes (shorter side 80-112 for training, 96 for
-    # evaluation), a reduced-width PaCa-Tiny with a narrower detector and fewer proposals; no flip (a mirrored
-    # digit is another glyph)
-    "digit_scenes": dict(
-        hidden_sizes=[32, 64, 96, 128],
-        depths=[1, 1, 2, 1],
-        num_attention_heads=[1, 2, 3, 4],
-        num_clusters=[32, 32, 32, 0],
-        detector_overrides=dict(
-            drop_path_rate=0.0,
-            fpn_hidden_size=64,
-            box_head_hidden_size=256,
-            mask_head_hidden_size=64,
-            roi_sampling_ratio=2,  # adaptive sampling makes RoIAlign's CPU backward the slowest op
-            rpn_pre_nms_top_n_train=300,
-            rpn_post_nms_top_n_train=150,
-            rpn_pre_nms_top_n_test=300,
-            rpn_post_nms_top_n_test=100,
-            box_batch_size_per_image=64,
-            box_detections_per_image=20,
-        ),
-        train_short_sides=[80, 88, 96, 104, 112],
-        max_size=187,
-        eval_short_side=96,
-        crop_pre_resize_short_sides=[80, 96],
-        crop_size_range=[64, 88],
-        flip_prob=0.0,
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=20,
-        num_train_epochs=4,
-        lr_base=2e-3,
-        lr_base_size=4,
-        min_lr_base=2e-5,
-        warmup_lr_base=2e-5,
-        warmup_epochs=0.4,
-        lr_scheduler_type="cosine",
-        weight_decay=0.05,
-    ),
-    # detection/configs/paca_vit/mask_rcnn_1x/mask_rcnn_pacavit_*_mstrain_480_800_1x_coco.py + the 1x schedule:
-    # AdamW 1e-4, wd 0.05 (norms excluded), LinearLR(start 0.001) for 500 iterations, MultiStepLR [8, 11] x0.1,
-    # 12 epochs, batch 2 x 8 GPUs; DETR-style multi-scale / resize-crop augmentation with flip
-    "paper_coco_1x": dict(
-        per_device_train_batch_size=2,
-        per_device_eval_batch_size=1,
-        num_train_epochs=12,
-        lr_base=1e-4,
-        lr_base_size=16,
-        min_lr_base=0.0,
-        warmup_lr_base=1e-7,
-        warmup_epochs=0.0,
-        lr_scheduler_type="multistep",
-        decay_milestones=[8, 11],
-        decay_rate=0.1,
-        weight_decay=0.05,
-    ),
-}
-WARMUP_ITERATIONS = {"paper_coco_1x": 500}  # iteration-based in the original (LinearLR end=500)
-
-
-def parse_args(argv=None):
-    parser = T.RecipeArgumentParser(
-        recipes=RECIPES, base_defaults=BASE_DEFAULTS, default_recipe="digit_scenes", description=__doc__
-    )
-    g = parser.add_argument_group("data")
-    g.add_argument(
-        "--train_dir", default=None, help="COCO images folder (default: the built-in digit scenes)."
-    )
-    g.add_argument("--train_annotations", default=None, help="instances_<split>.json of --train_dir.")
-    g.add_argument("--validation_dir", default=None)
-    g.add_argument("--validation_annotations", default=None)
-    g.add_argument(
-        "--dataset_name", default=None, help="A 🤗 dataset with image + objects (bbox, category, ...)."
-    )
-    g.add_argument("--dataset_config_name", default=None)
-    g.add_argument(
-        "--built_in_data_dir", default="runs/digit-scenes-coco", help="Where the built-in data is written."
-    )
-    g.add_argument(
-        "--built_in_scenes", type=int, nargs=2, default=[300, 60], help="Built-in train/validation scenes."
-    )
-    g.add_argument(
-        "--built_in_digits",
-        type=int,
-        nargs="+",
-        default=[0, 1, 2, 3],
-        help="Digit classes of the built-in scenes.",
-    )
-    g.add_argument("--max_train_samples", type=int, default=None)
-    g.add_argument("--max_eval_samples", type=int, default=None)
-    g.add_argument(
-        "--train_short_sides", type=int, nargs="+", default=None, help="Multi-scale shorter sides."
-    )
-    g.add_argument("--max_size", type=int, default=None, help="Longer-side limit (mmdet 1333).")
-    g.add_argument("--eval_short_side", type=int, default=None)
-    g.add_argument("--crop_pre_resize_short_sides", type=int, nargs="+", default=None)
-    g.add_argument("--crop_size_range", type=int, nargs=2, default=None)
-    g.add_argument(
-        "--crop_prob", type=float, default=None, help="Probability of the resize-crop-resize branch."
-    )
-    g.add_argument("--flip_prob", type=float, default=None)
-    m = parser.add_argument_group("model")
-    m.add_argument(
-        "--model_name_or_path", default=None, help="A PaCaViTForInstanceSegmentation folder / Hub id."
-    )
-    m.add_argument(
-        "--backbone_name_or_path", default=None, help="PaCa-ViT (ImageNet) weights for the backbone."
-    )
-    T.add_architecture_arguments(m)
-    m.add_argument(
-        "--detector_overrides", type=json.loads, default=None, help="JSON of PaCaViTMaskRCNNConfig fields."
-    )
-    e = parser.add_argument_group("evaluation")
-    e.add_argument("--eval_only", action="store_true")
-    e.add_argument("--num_figure_scenes", type=int, default=4)
-    T.add_optimization_arguments(parser)
-    T.add_running_arguments(parser, output_dir="runs/instance-segmentation")
-    return T.validate_training_args(parser.parse_args(argv))
-
-
 # --------------------------------------------------------------------------------------------
-# Data and model
+# Data
 # --------------------------------------------------------------------------------------------
 def load_data(args):
     """(train dataset, validation dataset, dataset label) with their COCO ground truths."""
@@ -239,31 +114,6 @@ def load_data(args):
     return train_set, eval_set, label
 
 
-def build_model(args, id2label) -> PaCaViTForInstanceSegmentation:
-    if args.model_name_or_path:
-        return PaCaViTForInstanceSegmentation.from_pretrained(args.model_name_or_path)
-    overrides = {
-        k: v
-        for k, v in dict(
-            hidden_sizes=args.hidden_sizes,
-            depths=args.depths,
-            num_attention_heads=args.num_attention_heads,
-            num_clusters=args.num_clusters,
-        ).items()
-        if v is not None
-    }
-    config = PaCaViTMaskRCNNConfig.from_backbone_config(
-        PaCaViTConfig.from_preset(args.preset, **overrides),
-        **(args.detector_overrides or {}),
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-    )
-    model = PaCaViTForInstanceSegmentation(config)
-    if args.backbone_name_or_path:  # the original configs start from the ImageNet weights
-        model.load_backbone_weights(args.backbone_name_or_path)
-    return model
-
-
 # --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
@@ -309,8 +159,6 @@ def write_figure(model, processor, eval_set, path: Path, count: int, threshold: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from pacavit.data.common import decode_image
 
     model.eval()
     count = min(count, len(eval_set))
@@ -365,19 +213,8 @@ def main(argv=None) -> dict:
     model = build_model(args, train_set.id2label)
     if args.activation_checkpointing:
         model.activation_checkpointing_enable()
-    processor = PaCaViTMaskRCNNImageProcessor(
-        size={"shortest_edge": args.eval_short_side, "longest_edge": args.max_size}
-    )
-    train_set.transform = DetectionTransform(
-        train=True,
-        short_sides=args.train_short_sides,
-        max_size=args.max_size,
-        crop_pre_resize_short_sides=args.crop_pre_resize_short_sides,
-        crop_size_range=tuple(args.crop_size_range),
-        crop_probability=args.crop_prob,
-        flip_probability=args.flip_prob,
-        seed=args.seed + accelerator.process_index,
-    )
+    processor = build_image_processor(args)
+    train_set.transform = build_train_transform(args, seed=args.seed + accelerator.process_index)
     eval_set.transform = DetectionTransform(train=False)
     loader = dict(num_workers=args.dataloader_num_workers)
     train_dl = torch.utils.data.DataLoader(
@@ -403,8 +240,6 @@ def main(argv=None) -> dict:
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
     # length in updates, resume, batches, progress, checkpoints, SIGTERM/NaN stops: the shared TrainingRun
     run = T.TrainingRun(accelerator, args, len(train_dl), batch, resume_path)
-    if args.recipe in WARMUP_ITERATIONS and args.num_warmup_steps is None:
-        args.num_warmup_steps = WARMUP_ITERATIONS[args.recipe]
     scheduler = T.build_scheduler(optimizer, args, lrs, run.updates_per_epoch, run.max_steps)
     T.init_tracking(accelerator, args, "run_instance_segmentation", global_batch_size=batch)
 

@@ -1,10 +1,10 @@
-"""Write one model card per released PaCa-ViT checkpoint into this folder, from `pacavit.released`.
+"""Write one model card per released PaCa-ViT checkpoint into this folder, from `pacavit.hub.releases`.
 
     python model_cards/generate.py           # (re)write model_cards/*.md
     python model_cards/generate.py --check   # exit 1 if a card differs from what the data gives
 
-The cards are generated, never edited by hand: change `src/pacavit/released.py` (the paper's numbers and the
-README's errors) or `src/pacavit/release_cards.py` (the layout), then run this script.
+The cards are generated, never edited by hand: change `src/pacavit/hub/releases.py` (the paper's numbers and the
+README's errors) or `src/pacavit/hub/cards.py` (the layout), then run this script.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pacavit.release_cards import render_card
-from pacavit.released import RELEASES, card_name
+from pacavit.hub.cards import render_card
+from pacavit.hub.releases import RELEASES, card_name
 
 HERE = Path(__file__).resolve().parent
 

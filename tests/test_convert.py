@@ -73,7 +73,7 @@ def run_fixture(reference, name, tmp_path, via_subprocess=False):
         with torch.no_grad():
             outputs = {"logits": model(pixel_values).logits}
     elif task == "semantic-segmentation":
-        from pacavit.convert_segmentation import reference_outputs
+        from pacavit.convert.segmentation import reference_outputs
 
         model = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / name)
         outputs = reference_outputs(model, pixel_values)

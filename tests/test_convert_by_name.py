@@ -23,13 +23,15 @@ from test_convert_manifests import MANIFEST_DIR, MANIFEST_IDS, MANIFESTS, expect
 
 import pacavit  # noqa: F401  (registers the Auto classes)
 from pacavit import convert
-from pacavit.checkpoint_names import (
+from pacavit.convert import convert_by_name
+from pacavit.convert.backbone import build_backbone_config, infer_num_clusters
+from pacavit.convert.checkpoint_names import (
     CheckpointNameError,
     check_checkpoint_matches_name,
-    convert_by_name,
     decode_head_type,
     parse_checkpoint_name,
 )
+from pacavit.convert.common import split_backbone_and_heads
 
 pytestmark = pytest.mark.skipif(not MANIFESTS, reason=f"checkpoint manifests not found in {MANIFEST_DIR}")
 
@@ -63,8 +65,8 @@ def test_name_tells_architecture_task_and_head(path):
     assert parsed.builder == built_with
     assert parsed.task == PREFIX_TASK.get(file_name.split("_")[0], "semantic-segmentation")
     state_dict = convert.extract_state_dict(fake_checkpoint(manifest, device="meta"))
-    backbone, _ = convert._split_prefix(state_dict)
-    clusters = convert.infer_num_clusters(backbone, pacavit.PaCaViTConfig.from_preset(parsed.preset))
+    backbone, _ = split_backbone_and_heads(state_dict)
+    clusters = infer_num_clusters(backbone, pacavit.PaCaViTConfig.from_preset(parsed.preset))
     head = check_checkpoint_matches_name(state_dict, parsed, clusters)
     if parsed.dataset == "ade20k":
         assert head == decode_head_type(state_dict)
@@ -83,18 +85,18 @@ def test_convert_by_name_meta(path):
     parsed = parse_checkpoint_name(file_name)
     _require_task(parsed.task)
     state_dict = convert.extract_state_dict(fake_checkpoint(manifest, device="meta"))
-    backbone, _ = convert._split_prefix(state_dict)
+    backbone, _ = split_backbone_and_heads(state_dict)
     if parsed.task == "semantic-segmentation":
-        from pacavit.convert_segmentation import build_segmentation_config
+        from pacavit.convert.segmentation import build_segmentation_config
 
         config = build_segmentation_config(state_dict, parsed.preset, None)
         assert config.decode_head_type == decode_head_type(state_dict)
     elif parsed.task == "instance-segmentation":
-        from pacavit.convert_maskrcnn import build_maskrcnn_config
+        from pacavit.convert.maskrcnn import build_maskrcnn_config
 
         config = build_maskrcnn_config(state_dict, parsed.preset)
     else:
-        config = convert.build_config(backbone, parsed.task, preset=parsed.preset)
+        config = build_backbone_config(backbone, parsed.task, preset=parsed.preset)
     converted, report = convert.convert_state_dict(state_dict, config, parsed.task)
     auto = getattr(transformers, AUTO_CLASS[parsed.task])
     with torch.device("meta"):

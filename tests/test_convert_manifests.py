@@ -29,13 +29,8 @@ import pytest
 import torch
 
 from pacavit import PaCaViTBackbone, PaCaViTConfig, PaCaViTForImageClassification
-from pacavit.convert import (
-    build_config,
-    check_against_model,
-    convert_checkpoint,
-    convert_state_dict,
-    extract_state_dict,
-)
+from pacavit.convert import check_against_model, convert_checkpoint, convert_state_dict, extract_state_dict
+from pacavit.convert.backbone import build_backbone_config
 
 try:  # transformers >= 5
     from transformers.initialization import no_init_weights
@@ -153,7 +148,7 @@ def test_manifest_keys_shapes_and_parameter_count(path):
     state_dict = extract_state_dict(fake_checkpoint(manifest, device="meta"))  # names, shapes, dtypes only
     assert len(state_dict) == manifest["num_state_dict_entries"]
 
-    config = build_config(state_dict, task, preset=preset)
+    config = build_backbone_config(state_dict, task, preset=preset)
     converted, report = convert_state_dict(state_dict, config, task)
     with torch.device("meta"):
         model = (PaCaViTForImageClassification if task == "image-classification" else PaCaViTBackbone)(config)

@@ -13,7 +13,7 @@ from test_convert import ORIGINAL_TINY, _original_checkpoint
 
 from pacavit import PaCaViTForSemanticSegmentation
 from pacavit.convert import ConversionError, check_against_model, convert_checkpoint, extract_state_dict, main
-from pacavit.convert_segmentation import build_segmentation_config, convert_segmentation_state_dict
+from pacavit.convert.segmentation import build_segmentation_config, convert_segmentation_state_dict
 
 WIDTHS = ORIGINAL_TINY["arch_cfg"]["embed_dims"]  # [16, 32, 48, 64]
 C, AUX, CLASSES = 12, 8, 6
@@ -125,10 +125,10 @@ def test_head_configuration_from_shapes_equals_the_original_config(tmp_path, hea
     from_json = build_segmentation_config(source, None, json.loads((tmp_path / f"{head}.json").read_text()))
     # the backbone from the JSON, the head only from the tensors
     spec = {"original_constructor": ORIGINAL_TINY}
-    from pacavit.convert import build_config
-    from pacavit.convert_segmentation import head_config_from_state_dict
+    from pacavit.convert.backbone import build_backbone_config
+    from pacavit.convert.segmentation import head_config_from_state_dict
 
-    backbone = build_config({k[9:]: v for k, v in source.items() if k.startswith("backbone.")}, "backbone", original_config=spec)
+    backbone = build_backbone_config({k[9:]: v for k, v in source.items() if k.startswith("backbone.")}, "backbone", original_config=spec)
     fields = head_config_from_state_dict(source, backbone)
     for key, value in fields.items():
         assert getattr(from_json, key) == value, key

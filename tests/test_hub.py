@@ -31,7 +31,7 @@ from pacavit.hub import (
     main,
     remote_code_files,
 )
-from pacavit.released import RELEASES, card_name, hub_id
+from pacavit.hub.releases import RELEASES, card_name, hub_id
 
 CARDS = REPO_ROOT / "model_cards"
 
@@ -43,13 +43,13 @@ def _classifier_folder(path: Path) -> Path:
 
 def _segmentation_folder(path: Path, head: str) -> Path:
     from pacavit import PaCaViTForSemanticSegmentation, PaCaViTSegmentationConfig
-    from pacavit.convert_segmentation import save_segmentation_image_processor
+    from pacavit.preprocessing import segmentation_image_processor
 
     config = PaCaViTSegmentationConfig(
         **tiny_config().to_diff_dict() | dict(num_labels=4, decode_head_type=head, decode_head_hidden_size=16),
     )
     PaCaViTForSemanticSegmentation(config).save_pretrained(path)
-    save_segmentation_image_processor(path)
+    segmentation_image_processor().save_pretrained(path)
     return path
 
 
@@ -111,10 +111,10 @@ def test_export_maskrcnn(tmp_path):
 
 def test_export_training_output_keeps_its_card_and_leaves_artifacts_out(tmp_path):
     """A training output folder: the model, its processor and card, plus checkpoints, logs and results."""
-    from pacavit.convert import save_image_processor
+    from pacavit.preprocessing import default_image_processor
 
     src = _classifier_folder(tmp_path / "run")
-    save_image_processor(src, tiny_config())
+    default_image_processor(tiny_config()).save_pretrained(src)
     (src / "README.md").write_text("---\nlicense: apache-2.0\n---\n# my run\n")
     for artifact in ("step_100/model.safetensors", "runs/events.out.tfevents", "all_results.json"):
         (src / artifact).parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,7 @@ def test_remote_code_files_import_nothing_of_ours(tmp_path):
     for path in remote_code_files(classes):
         (tmp_path / path.name).write_text(path.read_text())
     assert check_remote_code(tmp_path) == []
-    (tmp_path / "modeling_bad.py").write_text("import pacavit.utils\nfrom ..x import y\nfrom .missing import z\n")
+    (tmp_path / "modeling_bad.py").write_text("import pacavit.extras\nfrom ..x import y\nfrom .missing import z\n")
     problems = check_remote_code(tmp_path)
     assert len(problems) == 3 and all(p.startswith("modeling_bad.py") for p in problems)
 
@@ -283,7 +283,6 @@ def test_remote_code_and_every_card_snippet_in_a_clean_process(exported, tmp_pat
 def test_push_dry_run_offline_and_mocked_upload(exported, monkeypatch, capsys):
     from unittest import mock
 
-    import huggingface_hub
     from huggingface_hub import constants
 
     main(["push", str(exported), "--repo-id", "ivmcl/pacavit-base", "--dry-run"])  # offline is fine
@@ -295,7 +294,7 @@ def test_push_dry_run_offline_and_mocked_upload(exported, monkeypatch, capsys):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     api = mock.MagicMock()
     api.create_repo.return_value.repo_id = "ivmcl/pacavit-base"
-    with mock.patch.object(huggingface_hub, "HfApi", return_value=api) as hf_api:
+    with mock.patch("pacavit.hub.push.HfApi", return_value=api) as hf_api:
         main(["push", str(exported), "--repo-id", "ivmcl/pacavit-base", "--private", "--token", "t0k"])
     hf_api.assert_called_with(token="t0k")
     api.create_repo.assert_called_once_with("ivmcl/pacavit-base", exist_ok=True, private=True)

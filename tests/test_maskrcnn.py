@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from pacavit import PaCaViTForInstanceSegmentation, PaCaViTMaskRCNNConfig, PaCaViTMaskRCNNImageProcessor
 from pacavit.convert import ConversionError, main
-from pacavit.convert_maskrcnn import convert_maskrcnn_checkpoint, mmdet_class_to_torchvision
+from pacavit.convert.maskrcnn import convert_maskrcnn_checkpoint, mmdet_class_to_torchvision
 
 TINY_DETECTOR = dict(
     hidden_sizes=[16, 32, 48, 64],
@@ -244,7 +244,7 @@ def test_class_order_and_strictness(maskrcnn_fixture, tmp_path):
 def test_released_checkpoint_manifests(maskrcnn_fixture, name):
     """Names, shapes and parameter counts of released checkpoints (meta tensors: no weights needed)."""
     from pacavit.convert import check_against_model
-    from pacavit.convert_maskrcnn import build_maskrcnn_config, convert_maskrcnn_state_dict
+    from pacavit.convert.maskrcnn import build_maskrcnn_config, convert_maskrcnn_state_dict
 
     path = maskrcnn_fixture / "manifests" / f"{name}.json"
     if not path.exists():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pacavit.model_card import CardMetric, hardware_section, recipe_section, write_model_card
+from pacavit.hub.cards import CardMetric, hardware_section, recipe_section, write_model_card
 
 
 def test_model_card_metadata_and_sections_round_trip(tmp_path):

@@ -10,8 +10,8 @@ import torch
 from conftest import REPO_ROOT, reference_dir
 
 from pacavit import PaCaViTConfig, PaCaViTForImageClassification
-from pacavit.release_cards import model_index, readme_table, render_card
-from pacavit.released import RELEASES, base_model, card_name, hub_id
+from pacavit.hub.cards import model_index, readme_table, render_card
+from pacavit.hub.releases import RELEASES, base_model, card_name, hub_id
 
 CARDS = REPO_ROOT / "model_cards"
 IDS = [card_name(r) for r in RELEASES]

@@ -236,7 +236,7 @@ def test_a_failed_conversion_leaves_the_previous_folder_and_no_debris(tmp_path, 
     def dies(*args, **kwargs):
         raise KeyboardInterrupt  # as if the process were interrupted between two files
 
-    monkeypatch.setattr("pacavit.convert.save_image_processor", dies)
+    monkeypatch.setattr("transformers.ConvNextImageProcessor.save_pretrained", dies)
     with pytest.raises(KeyboardInterrupt):
         convert_checkpoint(path, out, original_config=_original_config(tmp_path), verbose=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -54,10 +54,10 @@ def test_grayscale_and_other_pil_modes_are_converted_by_the_saved_processor(tmp_
     from PIL import Image
     from transformers import AutoImageProcessor
 
-    from pacavit.convert import save_image_processor
+    from pacavit.preprocessing import default_image_processor
 
     config = tiny_config(image_size=32)
-    save_image_processor(tmp_path, config)
+    default_image_processor(config).save_pretrained(tmp_path)
     processor = AutoImageProcessor.from_pretrained(tmp_path)
     image = Image.new(mode, (20, 30), 1)
     pixel_values = processor(image, return_tensors="pt").pixel_values
@@ -72,9 +72,9 @@ def test_the_saved_segmentation_processor_converts_every_pil_mode(tmp_path, mode
     from PIL import Image
     from transformers import AutoImageProcessor
 
-    from pacavit.convert_segmentation import save_segmentation_image_processor
+    from pacavit.preprocessing import segmentation_image_processor
 
-    save_segmentation_image_processor(tmp_path, crop_size=32)
+    segmentation_image_processor(crop_size=32).save_pretrained(tmp_path)
     processor = AutoImageProcessor.from_pretrained(tmp_path)
     pixel_values = processor(Image.new(mode, (20, 30), 1), return_tensors="pt").pixel_values
     assert pixel_values.shape == (1, 3, 32, 32) and torch.isfinite(pixel_values).all()

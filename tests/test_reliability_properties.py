@@ -53,11 +53,9 @@ def _segmentation_classes():
     @functools.lru_cache(maxsize=None)
     def build_segmentation(head: str, preset: str):
         torch.manual_seed(0)
-        base = PaCaViTConfig.from_preset(preset, **TINY, **PRESETS[preset]).to_dict()
-        for key in ("model_type", "transformers_version", "out_features", "out_indices", "architectures"):
-            base.pop(key, None)
-        config = PaCaViTSegmentationConfig(
-            **base, num_labels=3, decode_head_type=head, decode_head_hidden_size=16, auxiliary_hidden_size=8
+        base = PaCaViTConfig.from_preset(preset, **TINY, **PRESETS[preset])
+        config = PaCaViTSegmentationConfig.from_backbone_config(
+            base, num_labels=3, decode_head_type=head, decode_head_hidden_size=16, auxiliary_hidden_size=8
         )
         return PaCaViTForSemanticSegmentation(config).eval()
 

@@ -31,8 +31,25 @@ except ImportError:  # pragma: no cover - older transformers
     from transformers.utils.backbone_utils import BackboneConfigMixin
 
 
+# The Hub organisation of the released checkpoints: `ivmcl/<preset>` (classifiers), `ivmcl/<preset>-<task>` (the rest).
+HUB_ORGANISATION = "ivmcl"
 CLUSTERING_TYPES = ("conv", "mlp", "linear")
 NORM_PLACEMENTS = ("pre", "post", "sub")
+# What a task config built on a backbone's architecture does not take over from it (`from_backbone_config`): the
+# labels, the stage selection of `PaCaViTBackbone`, and what `save_pretrained` records about the saved folder.
+NOT_ARCHITECTURE_FIELDS = (
+    "model_type",
+    "transformers_version",
+    "architectures",
+    "auto_map",
+    "_name_or_path",
+    "id2label",
+    "label2id",
+    "num_labels",
+    "out_features",
+    "out_indices",
+    "stage_names",
+)
 
 # --------------------------------------------------------------------------------------------
 # Presets (data). Each value holds only what differs from the defaults of PaCaViTConfig.
@@ -95,7 +112,7 @@ def list_presets(include_original_names: bool = False) -> list[str]:
 
 def resolve_preset_name(name: str) -> str:
     """Map a short or original name to its preset name, or raise a ValueError listing the valid ones."""
-    key = name.split("/")[-1]  # accept "ivmcl/pacavit-base"
+    key = name.split("/")[-1]  # accept a Hub id, e.g. "ivmcl/pacavit-base"
     for suffix in ("_downstream",):  # the original's dense-prediction classes share the architecture
         if key.endswith(suffix):
             key = key[: -len(suffix)]
@@ -282,5 +299,14 @@ class PaCaViTConfig(BackboneConfigMixin, PretrainedConfig):
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def from_backbone_config(cls, backbone: "PaCaViTConfig", **fields) -> "PaCaViTConfig":
+        """A config of this class (e.g. `PaCaViTSegmentationConfig`, `PaCaViTMaskRCNNConfig`) on the architecture of
+        `backbone`; `fields` set the rest (the task's labels and head settings). The backbone's labels, stage
+        selection and saved-folder metadata are not carried over (`NOT_ARCHITECTURE_FIELDS`)."""
+        values = {key: value for key, value in backbone.to_dict().items() if key not in NOT_ARCHITECTURE_FIELDS}
+        values.update(fields)
+        return cls(**values)
 
-__all__ = ["PaCaViTConfig", "PRESETS", "ORIGINAL_NAMES", "list_presets", "resolve_preset_name"]
+
+__all__ = ["HUB_ORGANISATION", "ORIGINAL_NAMES", "PRESETS", "PaCaViTConfig", "list_presets", "resolve_preset_name"]

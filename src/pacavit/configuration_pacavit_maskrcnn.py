@@ -125,27 +125,5 @@ class PaCaViTMaskRCNNConfig(PaCaViTConfig):
         if self.num_labels < 1:
             raise ValueError("num_labels (the number of foreground classes) must be at least 1.")
 
-    @classmethod
-    def from_backbone_config(cls, backbone: PaCaViTConfig, **detector) -> "PaCaViTMaskRCNNConfig":
-        """A detector config on the architecture of `backbone` (its labels and stage selection are not carried
-        over: the detector has its own classes and reads all four stages); `detector` sets the other fields."""
-        values = backbone.to_dict()
-        for key in (
-            "model_type",
-            "transformers_version",
-            "architectures",
-            "id2label",
-            "label2id",
-            "num_labels",
-            "out_features",
-            "out_indices",
-            "stage_names",
-            "_name_or_path",
-            "auto_map",
-        ):
-            values.pop(key, None)
-        values.update(detector)
-        return cls(**values)
-
 
 __all__ = ["PaCaViTMaskRCNNConfig"]

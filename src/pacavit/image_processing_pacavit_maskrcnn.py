@@ -34,7 +34,7 @@ def mmdet_rescale_size(height: int, width: int, shortest_edge: int, longest_edge
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
-def _to_uint8_chw(image) -> torch.Tensor:
+def to_uint8_chw(image) -> torch.Tensor:
     """PIL image, HWC/CHW numpy array or tensor -> (3, H, W) uint8 tensor (RGB)."""
     if hasattr(image, "convert"):  # PIL
         image = np.asarray(image.convert("RGB"))
@@ -52,7 +52,7 @@ def _to_uint8_chw(image) -> torch.Tensor:
     return tensor.to(torch.uint8)
 
 
-def _resize_bilinear_uint8(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_bilinear_uint8(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(image.shape[-2:]) == tuple(size):
         return image
     resized = F.interpolate(
@@ -142,10 +142,10 @@ class PaCaViTMaskRCNNImageProcessor(BaseImageProcessor):
         mean = torch.tensor(self.image_mean).view(3, 1, 1) * 255
         std = torch.tensor(self.image_std).view(3, 1, 1) * 255
         for index, image in enumerate(images):
-            image = _to_uint8_chw(image)
+            image = to_uint8_chw(image)
             height, width = image.shape[-2:]
             new_size = self.resized_size(height, width, size) if do_resize else (height, width)
-            image = _resize_bilinear_uint8(image, new_size).float()
+            image = resize_bilinear_uint8(image, new_size).float()
             if self.do_normalize:
                 image = (image - mean) / std
             tensors.append(image)
@@ -286,4 +286,4 @@ class PaCaViTMaskRCNNImageProcessor(BaseImageProcessor):
         return results
 
 
-__all__ = ["PaCaViTMaskRCNNImageProcessor", "mmdet_rescale_size"]
+__all__ = ["PaCaViTMaskRCNNImageProcessor", "mmdet_rescale_size", "resize_bilinear_uint8", "to_uint8_chw"]

@@ -10,6 +10,7 @@ Only relative imports between model files, so the folder works as Hub remote cod
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -335,7 +336,33 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
         return model
 
 
+@torch.no_grad()
+def slide_inference(model, pixel_values: torch.Tensor, crop_size: int, stride: int | None = None) -> torch.Tensor:
+    """mmseg's slide inference (`test_cfg=dict(mode="slide")`): `model` (anything returning `.logits`, e.g. a
+    `PaCaViTForSemanticSegmentation`, also wrapped for DDP) runs on overlapping `crop_size` windows `stride` apart
+    (default 2/3 of the crop, mmseg's 341 for 512); each window's logits are upsampled to the window and the
+    overlaps averaged. Returns logits `(B, num_labels, H, W)` at the input's resolution."""
+    stride = stride or crop_size * 2 // 3
+    batch, _, height, width = pixel_values.shape
+    rows = max(math.ceil((height - crop_size) / stride), 0) + 1
+    cols = max(math.ceil((width - crop_size) / stride), 0) + 1
+    summed = count = None
+    for row in range(rows):
+        for col in range(cols):
+            top, left = min(row * stride, max(height - crop_size, 0)), min(col * stride, max(width - crop_size, 0))
+            bottom, right = min(top + crop_size, height), min(left + crop_size, width)
+            logits = model(pixel_values[:, :, top:bottom, left:right]).logits
+            if summed is None:
+                summed = logits.new_zeros(batch, logits.shape[1], height, width)
+                count = logits.new_zeros(1, 1, height, width)
+            window = (slice(None), slice(None), slice(top, bottom), slice(left, right))
+            summed[window] += F.interpolate(logits, size=(bottom - top, right - left), mode="bilinear", align_corners=False)
+            count[window] += 1
+    return summed / count
+
+
 __all__ = [
+    "slide_inference",
     "PaCaViTForSemanticSegmentation",
     "PaCaViTSemanticSegmenterOutput",
     "PaCaViTSegHead",

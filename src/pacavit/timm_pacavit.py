@@ -27,10 +27,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from .configuration_pacavit import PRESETS, PaCaViTConfig
+from .configuration_pacavit import HUB_ORGANISATION, PRESETS, PaCaViTConfig
+from .convert.backbone import convert_backbone_state_dict
+from .convert.common import extract_state_dict
 from .modeling_pacavit import PaCaViTModel
-
-HUB_ORGANISATION = "ivmcl"
 
 
 class PaCaViT(nn.Module):
@@ -165,11 +165,9 @@ class PaCaViT(nn.Module):
 
 def checkpoint_filter_fn(state_dict: dict, model: PaCaViT) -> dict:
     """Weights of any of our formats, or an original timm checkpoint, as keys of `PaCaViT`."""
-    from .convert import convert_state_dict, extract_state_dict
-
     state_dict = dict(extract_state_dict(state_dict))
     if "patch_embed.proj.0.weight" in state_dict:  # original timm checkpoint (IMNET_224_*.pth)
-        converted, _ = convert_state_dict(state_dict, model.config, task="image-classification")
+        converted, _ = convert_backbone_state_dict(state_dict, model.config, task="image-classification")
         state_dict = dict(converted)
     elif "embeddings.layernorm.weight" in state_dict:  # PaCaViTModel.save_pretrained: no prefix
         state_dict = {f"pacavit.{k}": v for k, v in state_dict.items()}

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .utils import require
+from .extras import require
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -336,11 +336,13 @@ if PaCaViTForSemanticSegmentation is not None:
             self.decode_head_type = decode_head_type
 
         def get_config(self):
-            values = super().get_config().to_dict()
-            for key in ("model_type", "transformers_version", "architectures", "out_features", "out_indices"):
-                values.pop(key, None)
-            return PaCaViTSegmentationConfig(
-                **values, decode_head_type=self.decode_head_type, decode_head_hidden_size=16, auxiliary_hidden_size=8
+            backbone = super().get_config()
+            return PaCaViTSegmentationConfig.from_backbone_config(
+                backbone,
+                num_labels=backbone.num_labels,
+                decode_head_type=self.decode_head_type,
+                decode_head_hidden_size=16,
+                auxiliary_hidden_size=8,
             )
 
     class PaCaViTForSemanticSegmentationTest(PaCaViTCommonTests, unittest.TestCase):

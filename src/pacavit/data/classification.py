@@ -8,8 +8,9 @@ Nothing here is needed to *use* a PaCa-ViT model; it serves `examples/run_classi
 * `ImageClassificationDataset` wraps a 🤗 dataset for a `DataLoader`. Random augmentation of a sample is
   seeded from `(seed, epoch, index)`, so it does not depend on the order in which samples are loaded, on the
   number of processes or workers, or on where a run was resumed.
-* `build_eval_image_processor` is the one definition of the evaluation preprocessing (timm's eval
-  transform as a `ConvNextImageProcessor`), used by the training script and the checkpoint converter.
+
+The evaluation preprocessing (timm's eval transform as a `ConvNextImageProcessor`) is
+`pacavit.preprocessing.classification_image_processor`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image as PILImage
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # the package's one source
 
-from ..utils import require
+from ..extras import require
 from .common import decode_image, sample_seed, seed_everything_from
 
 DIGITS_NAME = "sklearn-digits"
@@ -139,39 +139,3 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
         if self.seed is not None:
             seed_everything_from(sample_seed(self.seed, self.epoch, index))
         return {"pixel_values": self.transform(image), "labels": label}
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation preprocessing
-# --------------------------------------------------------------------------------------------
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
-
-
-def build_eval_image_processor(
-    image_size: int,
-    crop_pct: float,
-    interpolation: str = "bicubic",
-    image_mean=IMAGENET_DEFAULT_MEAN,
-    image_std=IMAGENET_DEFAULT_STD,
-):
-    """The evaluation preprocessing as a `ConvNextImageProcessor` (saved as preprocessor_config.json):
-    resize the shortest edge to `image_size / crop_pct`, center-crop `image_size`, rescale to 0..1,
-    normalise. This is timm's eval transform, so the processor reproduces the training script's evaluation
-    exactly."""
-    from transformers import ConvNextImageProcessor
-    from transformers.image_utils import PILImageResampling
-
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
-    return ConvNextImageProcessor(
-        do_resize=True,
-        size={"shortest_edge": image_size},
-        crop_pct=crop_pct,
-        resample=getattr(PILImageResampling, interpolation.upper()),
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(image_mean),
-        image_std=list(image_std),
-        do_convert_rgb=True,  # grayscale, palette, RGBA, CMYK images become RGB instead of failing
-    )

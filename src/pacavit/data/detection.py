@@ -312,11 +312,11 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
 # Augmentation (the PaCa COCO recipe) and batching
 # --------------------------------------------------------------------------------------------
 def _resize_item(image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]):
-    from ..image_processing_pacavit_maskrcnn import _resize_bilinear_uint8
+    from ..image_processing_pacavit_maskrcnn import resize_bilinear_uint8
 
     height, width = image.shape[-2:]
     sy, sx = size[0] / height, size[1] / width
-    image = _resize_bilinear_uint8(image, size)
+    image = resize_bilinear_uint8(image, size)
     if len(masks):
         masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0].to(torch.uint8)
     else:
@@ -350,9 +350,9 @@ class DetectionTransform:
         self.generator = np.random.default_rng(seed)
 
     def __call__(self, item: dict) -> dict:
-        from ..image_processing_pacavit_maskrcnn import _to_uint8_chw, mmdet_rescale_size
+        from ..image_processing_pacavit_maskrcnn import to_uint8_chw, mmdet_rescale_size
 
-        image = _to_uint8_chw(item["image"])
+        image = to_uint8_chw(item["image"])
         masks, boxes, labels = item["masks"].to(torch.uint8), item["boxes"].float(), item["class_labels"]
         if self.train:
             rng = self.generator

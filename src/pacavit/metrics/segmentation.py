@@ -82,4 +82,20 @@ class MeanIoU:
         return metrics_from_confusion(self.confusion, self.id2label)
 
 
-__all__ = ["EVALUATE_MODULE", "MeanIoU", "confusion_matrix", "metrics_from_confusion", "per_image_confusion"]
+def all_background_mean_iou(label_maps, num_labels: int, ignore_index: int = 255) -> float:
+    """mIoU of predicting class 0 (background) everywhere on `label_maps`: the trivial baseline a segmentation
+    model on mostly-background data must beat."""
+    metric = MeanIoU(num_labels, ignore_index)
+    for labels in label_maps:
+        metric.update([torch.zeros_like(labels)], [labels])
+    return metric.compute()["mean_iou"]
+
+
+__all__ = [
+    "EVALUATE_MODULE",
+    "MeanIoU",
+    "all_background_mean_iou",
+    "confusion_matrix",
+    "metrics_from_confusion",
+    "per_image_confusion",
+]

@@ -4,8 +4,9 @@ instance segmentation). Needs the `train` extra: `pip install "pacavit[train]"`.
 Modules
 -------
 - `args`       -- `RecipeArgumentParser` (precedence: explicit flag > --recipe > base defaults; --help
-                  lists each recipe's value), the shared flag groups `add_architecture_arguments` / `add_optimization_arguments` /
-                  `add_running_arguments`, their recipe-controlled defaults `ARCHITECTURE_DEFAULTS` / `OPTIMIZATION_DEFAULTS`, and
+                  lists each recipe's value), the shared flag groups `add_architecture_arguments` /
+                  `add_optimization_arguments` / `add_running_arguments`, their recipe-controlled defaults
+                  `ARCHITECTURE_DEFAULTS` / `OPTIMIZATION_DEFAULTS`, `architecture_overrides` and
                   `validate_training_args`.
 - `runtime`    -- `setup_run` (the shared start: all of the below plus seed, resume path, output guard, Hub
                   preflight), `make_accelerator` (mixed precision, seedable sampler, tracking, project dir),
@@ -28,13 +29,21 @@ Modules
                   epoch's batches, progress, periodic/epoch checkpoints, SIGTERM and NaN stops), so each
                   script's loop is only forward / backward / step / evaluate.
 
-Per task: `classification` -- the image-classification recipes ("digits", "paper_in1k"), the flags of
-`examples/run_classification.py` and its timm augmentation / mixup / loss builders, importable so that the
-tests reach them without loading the script.
+Per task, in the same shape (`RECIPES`, `BASE_DEFAULTS`, `DEFAULT_RECIPE`, `build_parser`, `parse_args`,
+`build_model` and the task's transform / image-processor builders), importable so that the tests reach them
+without loading the scripts:
+
+- `classification` -- recipes "digits" (default) and "paper_in1k"; timm augmentation, mixup and losses
+  (`examples/run_classification.py`);
+- `segmentation` -- recipes "digit_scenes" (default) and "paper_ade20k"; mmseg's paired transforms and the
+  heads' lr multipliers (`examples/run_semantic_segmentation.py`);
+- `detection` -- recipes "digit_scenes" (default) and "paper_coco_1x"; the paper's multi-scale /
+  resize-crop-resize augmentation (`examples/run_instance_segmentation.py`).
 
 Related, outside this sub-package: `pacavit.data.common` (image decoding with errors naming the file,
-per-sample seeds), `pacavit.model_card` (README.md with a model-index block), `pacavit.hub`
-(`hub_preflight`, `push_folder`), `pacavit.utils.require` (optional imports naming the pip extra).
+per-sample seeds), `pacavit.hub.cards` (README.md with a model-index block), `pacavit.hub.push`
+(`hub_preflight`, `push`), `pacavit.preprocessing` (each task's image processor), `pacavit.extras.require`
+(optional imports naming the pip extra).
 
 Call sequence of a task script
 ------------------------------
@@ -69,7 +78,7 @@ Call sequence of a task script
         ...evaluate -> run.log_eval(record)...
         run.epoch_done(epoch)                        # --checkpointing_steps epoch
     train_time = run.finish()
-    ...evaluate, save_pretrained, write_model_card, T.write_run_files(...), hub.push_folder(...)...
+    ...evaluate, save_pretrained, write_model_card, T.write_run_files(...), hub.push(...)...
 
     if __name__ == "__main__":
         main(); T.teardown(0)
@@ -79,6 +88,7 @@ Call sequence of a task script
 
 from .args import (
     ARCHITECTURE_DEFAULTS,
+    ARCHITECTURE_FLAGS,
     OPTIMIZATION_DEFAULTS,
     SCHEDULERS,
     RecipeArgumentParser,
@@ -86,6 +96,7 @@ from .args import (
     add_optimization_arguments,
     add_running_arguments,
     apply_recipe,
+    architecture_overrides,
     floats,
     validate_training_args,
 )
@@ -144,6 +155,7 @@ from .runtime import (
 
 __all__ = [
     "ARCHITECTURE_DEFAULTS",
+    "ARCHITECTURE_FLAGS",
     "add_architecture_arguments",
     "CHECKPOINT_PATTERN",
     "EXIT_INTERRUPTED",
@@ -162,6 +174,7 @@ __all__ = [
     "add_optimization_arguments",
     "add_running_arguments",
     "apply_recipe",
+    "architecture_overrides",
     "available_cores",
     "build_optimizer",
     "build_param_groups",

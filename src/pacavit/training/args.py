@@ -112,6 +112,7 @@ OPTIMIZATION_DEFAULTS: dict = dict(
     min_lr_base=1e-5,
     warmup_lr_base=1e-6,
     warmup_epochs=1.0,
+    num_warmup_steps=None,  # None: --warmup_epochs; the dense recipes count their warm-up in iterations
     cooldown_epochs=0.0,
     lr_scheduler_type="cosine",
     decay_milestones=None,
@@ -128,10 +129,15 @@ OPTIMIZATION_DEFAULTS: dict = dict(
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "wsd")
 
 
+# The preset's per-stage overrides, flags of every task script; None keeps the preset's value.
+ARCHITECTURE_FLAGS = ("hidden_sizes", "depths", "num_attention_heads", "num_clusters")
 # The backbone architecture flags of the dense-task scripts (recipe-controlled, so their parser defaults are None).
-ARCHITECTURE_DEFAULTS: dict = dict(
-    preset="pacavit-tiny", hidden_sizes=None, depths=None, num_attention_heads=None, num_clusters=None
-)
+ARCHITECTURE_DEFAULTS: dict = dict(preset="pacavit-tiny", **dict.fromkeys(ARCHITECTURE_FLAGS))
+
+
+def architecture_overrides(args: argparse.Namespace, flags: Sequence[str] = ARCHITECTURE_FLAGS) -> dict:
+    """The preset overrides given on the command line (`flags` left at None keep the preset's values)."""
+    return {key: getattr(args, key) for key in flags if getattr(args, key, None) is not None}
 
 
 def add_architecture_arguments(group, clusters_help: str | None = None) -> None:

@@ -4,24 +4,30 @@
 - `RECIPES` / `BASE_DEFAULTS`: "digits" (the default run: built-in scikit-learn digits) and "paper_in1k"
   (the original PaCa-ViT ImageNet-1k recipe); precedence explicit flag > --recipe > BASE_DEFAULTS.
 - `parse_args`: the script's flags (task flags here, shared ones from `pacavit.training.args`).
-- `build_image_processor` (eval preprocessing), `build_train_transform` (timm `create_transform`),
-  `build_mixup` (timm Mixup/CutMix), `build_criterion` (timm losses).
+- `build_model` (a checkpoint, or `--preset` from scratch), `build_image_processor` (eval preprocessing),
+  `build_train_transform` (timm `create_transform`), `build_mixup` (timm Mixup/CutMix), `build_criterion` (timm
+  losses).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from transformers import AutoConfig, AutoModelForImageClassification
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ..configuration_pacavit import list_presets
-from ..data.classification import DIGITS_NAME, INTERPOLATIONS, build_eval_image_processor
-from ..utils import require
+from ..configuration_pacavit import PaCaViTConfig, list_presets
+from ..data.classification import DIGITS_NAME
+from ..extras import require
+from ..preprocessing import INTERPOLATIONS, classification_image_processor
 from .args import (
+    ARCHITECTURE_DEFAULTS,
+    ARCHITECTURE_FLAGS,
     OPTIMIZATION_DEFAULTS,
     RecipeArgumentParser,
     add_optimization_arguments,
     add_running_arguments,
+    architecture_overrides,
     floats,
     validate_training_args,
 )
@@ -29,11 +35,7 @@ from .args import (
 # Defaults of every recipe-controlled flag. Precedence: explicit flag > --recipe > BASE_DEFAULTS.
 BASE_DEFAULTS: dict = dict(
     OPTIMIZATION_DEFAULTS,
-    preset="pacavit-tiny",
-    hidden_sizes=None,
-    depths=None,
-    num_attention_heads=None,
-    num_clusters=None,
+    **ARCHITECTURE_DEFAULTS,
     drop_path_rate=None,  # None: the preset's (or the checkpoint's) drop-path rate
     image_size=224,
     crop_pct=0.875,
@@ -112,11 +114,16 @@ RECIPES: dict[str, dict] = {
 }
 
 
+DEFAULT_RECIPE = "digits"
+# The architecture flags of this task: the preset's overrides and its drop-path rate.
+CLASSIFICATION_ARCHITECTURE_FLAGS = (*ARCHITECTURE_FLAGS, "drop_path_rate")
+
+
 def build_parser() -> RecipeArgumentParser:
     parser = RecipeArgumentParser(
         recipes=RECIPES,
         base_defaults=BASE_DEFAULTS,
-        default_recipe="digits",
+        default_recipe=DEFAULT_RECIPE,
         description="Train/evaluate a PaCa-ViT image classifier with Accelerate (default: built-in digits).",
     )
     g = parser.add_argument_group("data")
@@ -243,9 +250,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def build_model(args, label_names: list[str]):
+    """A checkpoint (--model_name_or_path) or a preset trained from scratch; returns the model, its description
+    and the architecture overrides of the preset."""
+    id2label = dict(enumerate(label_names))
+    label2id = {name: i for i, name in id2label.items()}
+    model_kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    if args.model_name_or_path is None:
+        overrides = architecture_overrides(args, CLASSIFICATION_ARCHITECTURE_FLAGS)
+        config = PaCaViTConfig.from_preset(
+            args.preset,
+            num_labels=len(label_names),
+            id2label=id2label,
+            label2id=label2id,
+            image_size=args.image_size,
+            **overrides,
+        )
+        return AutoModelForImageClassification.from_config(config, **model_kwargs), args.preset, overrides
+
+    config_kwargs = dict(trust_remote_code=args.trust_remote_code, cache_dir=args.cache_dir)
+    if not args.eval_only:
+        config_kwargs.update(num_labels=len(label_names), id2label=id2label, label2id=label2id)
+    if args.drop_path_rate is not None:
+        config_kwargs["drop_path_rate"] = args.drop_path_rate
+    config = AutoConfig.from_pretrained(args.model_name_or_path, **config_kwargs)
+    model = AutoModelForImageClassification.from_pretrained(
+        args.model_name_or_path,
+        config=config,
+        ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+        trust_remote_code=args.trust_remote_code,
+        cache_dir=args.cache_dir,
+        **model_kwargs,
+    )
+    if args.eval_only and model.config.num_labels != len(label_names):
+        raise ValueError(
+            f"The checkpoint has {model.config.num_labels} labels but the dataset has {len(label_names)}."
+        )
+    return model, getattr(model.config, "_name_or_path", None) or args.model_name_or_path, {}
+
+
 def build_image_processor(args):
-    """The eval preprocessing from the flags (`pacavit.data.build_eval_image_processor`)."""
-    return build_eval_image_processor(
+    """The eval preprocessing from the flags (`pacavit.preprocessing.classification_image_processor`)."""
+    return classification_image_processor(
         args.image_size, args.crop_pct, args.interpolation, args.image_mean, args.image_std
     )
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..data.common import sample_seed, seed_everything_from
-from ..utils import require
+from ..extras import require
 
 # Plain logging, gated on `accelerator.is_main_process` where every process would repeat a line: accelerate's
 # get_logger raises unless an accelerate state exists, which unit tests and tools do not always have.

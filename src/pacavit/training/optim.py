@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..utils import require
+from ..extras import require
 
 # Names (fnmatch patterns) never decayed in addition to 1-D parameters (norm weights, biases, layer scales).
 NO_WEIGHT_DECAY = ("*position_embeddings*",)

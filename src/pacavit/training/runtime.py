@@ -22,7 +22,7 @@ try:
 except ImportError:  # the package used without its top-level helper module (e.g. vendored)
     PROCESS_START = time.time()
 
-from ..utils import require
+from ..extras import require
 
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(name)s - %(message)s"
 
@@ -133,7 +133,7 @@ def setup_run(args, guard_output_dir: bool = True) -> RunSetup:
     the output folder itself."""
     from accelerate.utils import set_seed
 
-    from ..hub import hub_preflight
+    from ..hub.push import hub_preflight
     from .checkpoint import check_output_dir, resolve_resume_path
 
     accelerator = make_accelerator(args)

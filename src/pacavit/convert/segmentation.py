@@ -4,8 +4,8 @@
     python -m pacavit.convert --task semantic-segmentation --checkpoint upernet_pacavit_tiny_....pth \
         --preset pacavit_tiny_p2cconv_100_0 --output-dir upernet-pacavit-tiny-ade20k
 
-`convert.py` dispatches `--task semantic-segmentation` here. Backbone keys (`backbone.`) go through the backbone
-rules of `convert.py`; the head keys are mapped by the tables below. Like the backbone converter this is strict:
+Backbone keys (`backbone.`) go through the backbone rules (`pacavit.convert.backbone`); the head keys are mapped by
+the tables below. Like the backbone converter this is strict:
 a head key that no rule knows, a missing model key or a shape mismatch is an error naming the keys.
 
 BatchNorm `num_batches_tracked` counters are mapped, not dropped: our BatchNorms keep the same buffer, and
@@ -19,13 +19,24 @@ The head configuration comes from `--original-config` (the JSON's `head` field, 
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
-from pathlib import Path
+from functools import partial
 
 import torch
 
-from .configuration_pacavit import PaCaViTConfig
-from .configuration_pacavit_segmentation import PaCaViTSegmentationConfig
+from ..configuration_pacavit import PaCaViTConfig
+from ..configuration_pacavit_segmentation import PaCaViTSegmentationConfig
+from ..modeling_pacavit_segmentation import PaCaViTForSemanticSegmentation
+from ..preprocessing import default_image_processor
+from .backbone import build_backbone_config, convert_backbone_state_dict
+from .common import (
+    BACKBONE,
+    ConversionError,
+    backbone_entries,
+    check_supported,
+    extract_state_dict,
+    load_checkpoint_file,
+    save_converted_model,
+)
 
 _BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 # mmcv ConvModule (conv, bn) -> transformers' UperNetConvModule (conv, batch_norm); same for our PaCa head
@@ -102,11 +113,7 @@ def map_head_key(key: str, head_type: str) -> str | None:
 _HEAD_TYPES = {"PaCaSegHead": "paca", "UPerHead": "upernet"}
 
 
-def _require(condition: bool, message: str) -> None:
-    from .convert import ConversionError
-
-    if not condition:
-        raise ConversionError(f"Unsupported head configuration: {message}")
+_require = partial(check_supported, what="head configuration")
 
 
 def head_config_from_original(head: dict, backbone: PaCaViTConfig) -> dict:
@@ -189,12 +196,10 @@ def original_head_dicts(spec: dict) -> dict | None:
 # --------------------------------------------------------------------------------------------
 def convert_segmentation_state_dict(state_dict: dict, config: PaCaViTSegmentationConfig):
     """Map an mmseg state dict to `PaCaViTForSemanticSegmentation` keys; returns (state dict, ConversionReport)."""
-    from .convert import ConversionError, convert_state_dict
-
-    backbone = OrderedDict((k, v) for k, v in state_dict.items() if k.startswith("backbone."))
+    backbone = backbone_entries(state_dict)
     if not backbone:
         raise ConversionError("No 'backbone.' keys: an mmseg segmentor checkpoint keeps the PaCa-ViT under 'backbone.'.")
-    converted, report = convert_state_dict(backbone, config, task="backbone")
+    converted, report = convert_backbone_state_dict(backbone, config, task=BACKBONE)
     unknown = []
     for key, value in state_dict.items():
         if key.startswith("backbone."):
@@ -218,55 +223,33 @@ def convert_segmentation_state_dict(state_dict: dict, config: PaCaViTSegmentatio
 
 
 def build_segmentation_config(state_dict: dict, preset: str | None, original_config: dict | None) -> PaCaViTSegmentationConfig:
-    from .convert import ConversionError, build_config
-
+    """The segmentor's config: the backbone's (`build_backbone_config`) plus the head's, from the JSON's head dicts
+    or read off the head tensors."""
     backbone_keys = {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
     head_dicts = original_head_dicts(original_config) if original_config else None
     if original_config is not None and "original_constructor" not in original_config and "arch_cfg" not in original_config:
         # a manifest-style JSON: head dicts only, the backbone comes from --preset
-        backbone = build_config(backbone_keys, "backbone", preset=preset)
+        backbone = build_backbone_config(backbone_keys, BACKBONE, preset=preset)
     else:
-        backbone = build_config(backbone_keys, "backbone", preset=None if original_config else preset, original_config=original_config)
+        backbone = build_backbone_config(
+            backbone_keys, BACKBONE, preset=None if original_config else preset, original_config=original_config
+        )
     if head_dicts is not None:
         fields = head_config_from_original(head_dicts, backbone)
     elif original_config is not None:
         raise ConversionError("The --original-config JSON has no 'head' field (needed for --task semantic-segmentation).")
     else:
         fields = head_config_from_state_dict(state_dict, backbone)
-    values = backbone.to_dict()
-    for key in ("model_type", "transformers_version", "architectures", "id2label", "label2id", "num_labels"):
-        values.pop(key, None)
-    values.update(fields)
-    config = PaCaViTSegmentationConfig(**values)
-    return config
-
-
-def save_segmentation_image_processor(output_dir: Path, crop_size: int = 512, do_reduce_labels: bool = False):
-    """transformers' SegformerImageProcessor with the mmseg ADE20K test pipeline's values (resize to the training
-    crop, ImageNet mean/std), so users of the folder need nothing from this package to preprocess."""
-    from transformers import SegformerImageProcessor
-    from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    processor = SegformerImageProcessor(
-        do_resize=True,
-        size={"height": crop_size, "width": crop_size},
-        image_mean=list(IMAGENET_DEFAULT_MEAN),
-        image_std=list(IMAGENET_DEFAULT_STD),
-        do_reduce_labels=do_reduce_labels,
-        do_convert_rgb=True,  # grayscale, palette, RGBA, CMYK images become RGB instead of a broadcast error
-    )
-    processor.save_pretrained(output_dir)
-    return processor
+    return PaCaViTSegmentationConfig.from_backbone_config(backbone, **fields)
 
 
 def convert_segmentation_checkpoint(
     checkpoint, output_dir, preset=None, original_config=None, use_ema=False, verbose=True
 ):
-    from .convert import extract_state_dict, load_and_save_converted
-    from .modeling_pacavit_segmentation import PaCaViTForSemanticSegmentation
-    from .safe_io import load_torch_checkpoint
-
-    raw = checkpoint if isinstance(checkpoint, dict) else load_torch_checkpoint(checkpoint)
+    """Convert an mmseg segmentor checkpoint (a path or a loaded dict); save the model with the ADE20K test
+    preprocessing (`pacavit.preprocessing`) to `output_dir`; return the model. The class names come from the
+    checkpoint's `meta.dataset_meta.classes` when they fit."""
+    raw = load_checkpoint_file(checkpoint)
     state_dict = extract_state_dict(raw, use_ema=use_ema)
     config = build_segmentation_config(state_dict, preset, original_config)
     classes = ((raw.get("meta") or {}).get("dataset_meta") or {}).get("classes") if isinstance(raw, dict) else None
@@ -274,8 +257,8 @@ def convert_segmentation_checkpoint(
         config.id2label = dict(enumerate(classes))
         config.label2id = {name: i for i, name in enumerate(classes)}
     converted, report = convert_segmentation_state_dict(state_dict, config)
-    model = load_and_save_converted(
-        PaCaViTForSemanticSegmentation, config, converted, output_dir, save_segmentation_image_processor
+    model = save_converted_model(
+        PaCaViTForSemanticSegmentation, config, converted, output_dir, default_image_processor(config)
     )
     if verbose:
         print(report.summary())
@@ -302,3 +285,15 @@ def reference_outputs(model, pixel_values: torch.Tensor) -> dict[str, torch.Tens
     if model.auxiliary_head is not None:
         outputs["auxiliary_seg_logits"] = model.auxiliary_head(features)
     return outputs
+
+
+__all__ = [
+    "build_segmentation_config",
+    "convert_segmentation_checkpoint",
+    "convert_segmentation_state_dict",
+    "head_config_from_original",
+    "head_config_from_state_dict",
+    "map_head_key",
+    "original_head_dicts",
+    "reference_outputs",
+]

@@ -24,7 +24,7 @@ Fields:
 
 from __future__ import annotations
 
-HUB_ORGANISATION = "ivmcl"
+from ..configuration_pacavit import HUB_ORGANISATION
 
 # COCO metric names, in the README's column order (the headers were lost in the extracted README text; the
 # order box AP, AP50, AP75, mask AP, AP50, AP75 is the paper's Table and matches e.g. 43.3 box / 39.6 mask AP).

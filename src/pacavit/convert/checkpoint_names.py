@@ -7,7 +7,7 @@ The original repository (iVMCL/PaCaViT) names every released file after its buil
     upernet_<builder>_512x512_160k_ade20k.pth            UperNet on ADE20K (mmseg checkpoint)
     pacahead_<builder>_512x512_160k_ade20k.pth           PaCa segmentation head on ADE20K (mmseg checkpoint)
 
-`parse_checkpoint_name` turns such a name into the preset, task and head that `pacavit.convert` needs, and
+`parse_checkpoint_name` turns such a name into the preset, task and head that the converter needs, and
 `check_checkpoint_matches_name` verifies that the weights really are what the name says (strict: the cluster
 counts and the kind of decode head are read from the keys). The README of the original has a few rows whose
 link names another file than the row describes; the notes for those files are in `README_NOTES`.
@@ -19,11 +19,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .configuration_pacavit import PRESETS, resolve_preset_name
-
-IMAGE_CLASSIFICATION = "image-classification"
-SEMANTIC_SEGMENTATION = "semantic-segmentation"
-INSTANCE_SEGMENTATION = "instance-segmentation"
+from ..configuration_pacavit import PRESETS, resolve_preset_name
+from .common import IMAGE_CLASSIFICATION, INSTANCE_SEGMENTATION, SEMANTIC_SEGMENTATION
 
 # (compiled pattern, task, head, dataset); group 1 is the builder name
 _PATTERNS = [
@@ -149,7 +146,7 @@ def decode_head_type(state_dict: dict) -> str | None:
 def check_checkpoint_matches_name(state_dict: dict, parsed: CheckpointName, num_clusters: list[int]) -> str | None:
     """Raise if the weights are not what the name says; return the head the weights hold.
 
-    `num_clusters` are the counts read from the weights (`pacavit.convert.infer_num_clusters`).
+    `num_clusters` are the counts read from the weights (`pacavit.convert.backbone.infer_num_clusters`).
     """
     if num_clusters != parsed.num_clusters:
         raise CheckpointNameError(
@@ -177,49 +174,8 @@ def check_checkpoint_matches_name(state_dict: dict, parsed: CheckpointName, num_
     return parsed.head
 
 
-def convert_by_name(
-    checkpoint: str | Path | dict,
-    output_dir: str | Path,
-    checkpoint_name: str | None = None,
-    task: str | None = None,
-    use_ema: bool = False,
-    verbose: bool = True,
-):
-    """Convert a released file using what its name (or `checkpoint_name`, for a renamed file) says.
-
-    `task` may narrow the conversion to `"backbone"`; otherwise the task of the name is used. `checkpoint` may
-    be a path or an already loaded checkpoint dict (then `checkpoint_name` is required).
-    """
-    from . import convert
-
-    if checkpoint_name is None:
-        if isinstance(checkpoint, dict):
-            raise CheckpointNameError("A loaded checkpoint has no file name: pass checkpoint_name.")
-        checkpoint_name = str(checkpoint)
-    parsed = parse_checkpoint_name(checkpoint_name)
-    if not isinstance(checkpoint, dict):  # loaded once; the converters take the whole dict (mmengine `meta` too)
-        from .safe_io import load_torch_checkpoint
-
-        checkpoint = load_torch_checkpoint(checkpoint)
-    state_dict = convert.extract_state_dict(checkpoint, use_ema=use_ema)
-    backbone, _ = convert._split_prefix(state_dict)
-    from .configuration_pacavit import PaCaViTConfig
-
-    clusters = convert.infer_num_clusters(backbone, PaCaViTConfig.from_preset(parsed.preset))
-    head = check_checkpoint_matches_name(state_dict, parsed, clusters)
-    if verbose:
-        print(f"{parsed.stem}: preset {parsed.preset} ({parsed.builder}), task {parsed.task}, head {head}")
-        if parsed.note:
-            print(f"note: {parsed.note}")
-    task = task or parsed.task
-    return convert.convert_checkpoint(
-        checkpoint, output_dir, task=task, preset=parsed.preset, use_ema=use_ema, verbose=verbose
-    )
-
-
 __all__ = [
     "CheckpointName",
-    "convert_by_name",
     "CheckpointNameError",
     "README_NOTES",
     "check_checkpoint_matches_name",

@@ -1,15 +1,141 @@
-"""Model cards of the released PaCa-ViT checkpoints, rendered from `pacavit.released` (the one data source).
+"""Model cards (README.md with YAML metadata and a `model-index` block), in two parts:
 
-`python model_cards/generate.py` writes them all to `model_cards/`; `python -m pacavit.hub export SRC DIR
---repo-id ivmcl/<name>` puts the matching card into an export. The YAML metadata is huggingface_hub's
-`ModelCardData` with one `EvalResult` per reported number (the model-index), the Markdown body goes through
-`pacavit.model_card.render_model_card`.
+- the writer for any PaCa-ViT folder (`write_model_card`, the training scripts' cards and the export's generic
+  card): the metadata is huggingface_hub's `ModelCardData` with one `EvalResult` per metric of the task; the body
+  is the caller's sections plus shared ones (`recipe_section`, `architecture_section`, `hardware_section`)::
+
+      write_model_card(
+          out / "README.md",
+          model_name="pacavit-tiny-ade20k",
+          task="image-segmentation",
+          dataset_name="ade20k",
+          metrics=[CardMetric("mean_iou", 0.412, "mIoU")],
+          intro="PaCa-ViT semantic segmentation model trained with ...",
+          sections={"Results": "...", **recipe_section(command, recipe), **hardware_section(...)},
+      )
+
+- the cards of the released checkpoints (`render_card`, `card_for_hub_id`), rendered from the one data source
+  `pacavit.hub.releases` with the numbers the paper reports: `python model_cards/generate.py` writes them all to
+  `model_cards/`, and `python -m pacavit.hub export SRC DIR --repo-id ivmcl/<name>` puts the matching one into an
+  export.
 """
 
 from __future__ import annotations
 
-from .released import COCO_METRICS, RELEASES, base_model, card_name, hub_id
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .releases import COCO_METRICS, RELEASES, base_model, card_name, hub_id
+
+
+# --------------------------------------------------------------------------------------------
+# The writer
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CardMetric:
+    """One evaluation result: `type` is the metric id (e.g. "accuracy", "mean_iou", "map"), `value` as a
+    fraction or raw number (the Hub shows it as given), `name` the human-readable label."""
+
+    type: str
+    value: float
+    name: str | None = None
+
+
+def build_card_data(
+    *,
+    model_name: str,
+    task: str,
+    dataset_name: str,
+    metrics: Sequence[CardMetric],
+    dataset_type: str | None = None,
+    dataset_split: str = "validation",
+    dataset_on_hub: bool = False,
+    tags: Sequence[str] = (),
+    license: str = "apache-2.0",
+    base_model: str | None = None,
+):
+    """`ModelCardData` for a task (`task` is the pipeline tag, e.g. "image-classification"), with one
+    `model-index` entry per metric. `dataset_on_hub`: list the dataset id under `datasets:` (only for real
+    Hub datasets, not local folders or built-in ones)."""
+    return ModelCardData(
+        license=license,
+        library_name="transformers",
+        pipeline_tag=task,
+        tags=list(dict.fromkeys(["pacavit", task, "vision", *tags])),
+        datasets=[dataset_name] if dataset_on_hub else None,
+        metrics=list(dict.fromkeys(m.type for m in metrics)) or None,
+        base_model=base_model,
+        model_name=model_name,
+        eval_results=[
+            EvalResult(
+                task_type=task,
+                dataset_type=dataset_type or dataset_name,
+                dataset_name=dataset_name,
+                dataset_split=dataset_split,
+                metric_type=m.type,
+                metric_name=m.name or m.type,
+                metric_value=m.value,
+            )
+            for m in metrics
+        ]
+        or None,
+    )
+
+
+def markdown_table(rows: Mapping, header: tuple[str, str] = ("setting", "value")) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| `{key}` | `{value}` |" for key, value in rows.items()]
+    return "\n".join(lines)
+
+
+def recipe_section(command: str, recipe: Mapping) -> dict[str, str]:
+    """The "Training recipe" section: the command line and a table of the resolved settings."""
+    return {"Training recipe": f"`{command}`\n\n{markdown_table(recipe)}"}
+
+
+def architecture_section(preset: str, config, num_parameters: int, overrides: Mapping | None = None) -> dict:
+    """The "Architecture" section: the PaCa-ViT preset, its overrides and the backbone's shape."""
+    note = f" with overrides {dict(overrides)}" if overrides else ""
+    return {
+        "Architecture": (
+            f"Preset `{preset}`{note}: hidden sizes {config.hidden_sizes}, depths {config.depths},\n"
+            f"attention heads {config.num_attention_heads}, clusters {config.num_clusters},\n"
+            f"drop-path {config.drop_path_rate};\n{num_parameters / 1e6:.2f} M parameters."
+        )
+    }
+
+
+def hardware_section(hardware: str, wall_time_s: float, train_time_s: float, completed_steps: int) -> dict:
+    """The "Hardware and time" section (see `pacavit.training.hardware_description`)."""
+    return {
+        "Hardware and time": (
+            f"{hardware}. Wall time {wall_time_s:.0f} s from process start to the saved folder\n"
+            f"(training {train_time_s:.0f} s, {completed_steps} optimizer updates)."
+        )
+    }
+
+
+def render_model_card(card_data, title: str, intro: str, sections: Mapping[str, str]) -> str:
+    """The README.md text: YAML front matter, `# title`, the intro, then one `## heading` per section."""
+    body = "\n\n".join(f"## {heading}\n\n{text.strip()}" for heading, text in sections.items())
+    return f"---\n{card_data.to_yaml()}\n---\n\n# {title}\n\n{intro.strip()}\n\n{body}\n"
+
+
+def write_model_card(
+    path: str | Path, *, intro: str, sections: Mapping[str, str], title: str | None = None, **card_data_kwargs
+):
+    """Write README.md at `path` (`card_data_kwargs` go to `build_card_data`); returns the `ModelCard`."""
+    card_data = build_card_data(**card_data_kwargs)
+    card = ModelCard(render_model_card(card_data, title or card_data_kwargs["model_name"], intro, sections))
+    card.save(str(path))
+    return card
+
+# --------------------------------------------------------------------------------------------
+# The cards of the released checkpoints
+# --------------------------------------------------------------------------------------------
 ORIGINAL_REPO = "https://github.com/iVMCL/PaCaViT"
 RELEASE_URL = ORIGINAL_REPO + "/releases/download/pacavit/"
 PAPER = "https://arxiv.org/abs/2203.11987"
@@ -54,9 +180,7 @@ def model_index(release: dict) -> dict[tuple[str, str], float]:
     return {_METRICS[key][:2]: value for key, value in release["metrics"].items()}
 
 
-def _card_data(release: dict):
-    from huggingface_hub import EvalResult, ModelCardData
-
+def _release_card_data(release: dict):
     dataset_type, dataset_name, split = _DATASETS[release["section"]]
     datasets = [dataset_type] if release["section"] == "imagenet" else ["ILSVRC/imagenet-1k", dataset_type]
     results = [
@@ -148,8 +272,6 @@ def _head_text(release: dict) -> str:
 
 def render_card(release: dict) -> str:
     """The README.md of one released checkpoint."""
-    from .model_card import render_model_card
-
     repo = hub_id(release)
     section = release["section"]
     head = _head_text(release)
@@ -216,10 +338,11 @@ def render_card(release: dict) -> str:
             "Citation": f"```bibtex\n{CITATION}\n```",
         }
     )
-    return render_model_card(_card_data(release), repo, intro, sections)
+    return render_model_card(_release_card_data(release), repo, intro, sections)
 
 
 def card_for_hub_id(repo_id: str) -> str | None:
+    """The released checkpoint's card for its Hub id (`ivmcl/<name>`), or None for any other id."""
     for release in RELEASES:
         if hub_id(release) == repo_id:
             return render_card(release)
@@ -239,5 +362,18 @@ def readme_table() -> str:
         )
     return "\n".join(lines)
 
-
-__all__ = ["card_for_hub_id", "model_index", "readme_table", "render_card", "usage_snippet"]
+__all__ = [
+    "CardMetric",
+    "architecture_section",
+    "build_card_data",
+    "card_for_hub_id",
+    "hardware_section",
+    "markdown_table",
+    "model_index",
+    "readme_table",
+    "recipe_section",
+    "render_card",
+    "render_model_card",
+    "usage_snippet",
+    "write_model_card",
+]

@@ -1,88 +1,40 @@
-"""Convert original PaCa-ViT checkpoints (timm, mmseg and mmdet layouts) to pacavit folders.
+"""The backbone part of the converter: original PaCa-ViT checkpoints (timm `IMNET_224_*.pth`, or the `backbone.` of
+an mmseg/mmdet checkpoint) -> `PaCaViTForImageClassification` / `PaCaViTBackbone` keys and folders.
 
-    python -m pacavit.convert --checkpoint IMNET_224_pacavit_tiny_p2cconv_100_0.pth \
-        --preset pacavit-tiny --task image-classification --output-dir pacavit-tiny
-
-The conversion is strict: every source key is either mapped or dropped for a stated reason (the dropped keys
-are listed), and a key that no rule understands, a missing target key or a shape mismatch is an error that
-names the keys. Fused projections are built here (`attn.k` and `attn.v` -> `attention.key_value`) and the
-1x1 convolutions of the conv clustering become Linear weights.
+- `config_from_original`: the original `PaCaViT(...)` constructor's keyword arguments -> `PaCaViTConfig`;
+- `convert_backbone_state_dict`: the key rules. Fused projections are built here (`attn.k` and `attn.v` ->
+  `attention.key_value`) and the 1x1 convolutions of the conv clustering become Linear weights. Strict: a key that
+  no rule understands is an error naming it; the segmentation and Mask R-CNN converters map their `backbone.`
+  keys through it;
+- `build_backbone_config` (from `--preset`, with the cluster counts read off the weights, or from
+  `--original-config`) and `convert_backbone_checkpoint` (read, map, strict load, atomic save).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-try:
-    from transformers.initialization import no_init_weights
-except ImportError:  # pragma: no cover - transformers 4.x
-    from transformers.modeling_utils import no_init_weights
+from ..configuration_pacavit import PaCaViTConfig, resolve_preset_name
+from ..modeling_pacavit import PaCaViTBackbone, PaCaViTForImageClassification
+from ..preprocessing import default_image_processor
+from .common import (
+    BACKBONE,
+    HEAD_PREFIXES,
+    IMAGE_CLASSIFICATION,
+    ConversionError,
+    ConversionReport,
+    check_supported,
+    extract_state_dict,
+    load_checkpoint_file,
+    save_converted_model,
+    split_backbone_and_heads,
+)
 
-from .configuration_pacavit import PaCaViTConfig, resolve_preset_name
-from .safe_io import atomic_directory, load_torch_checkpoint
-
-TASKS = ("image-classification", "backbone", "semantic-segmentation", "instance-segmentation")
-
-# Prefixes of mmseg/mmdet heads: never part of the backbone, dropped for the backbone task.
-HEAD_PREFIXES = ("decode_head.", "auxiliary_head.", "neck.", "rpn_head.", "roi_head.")
-
-
-class ConversionError(ValueError):
-    """A checkpoint does not fit the requested architecture; the message names the offending keys."""
-
-
-@dataclass
-class ConversionReport:
-    mapped: int = 0
-    dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> source keys
-
-    def drop(self, key: str, reason: str) -> None:
-        self.dropped.setdefault(reason, []).append(key)
-
-    def summary(self) -> str:
-        lines = [f"mapped {self.mapped} tensors"]
-        for reason, keys in self.dropped.items():
-            shown = ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "")
-            lines.append(f"dropped {len(keys)} ({reason}): {shown}")
-        return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Reading checkpoints
-# --------------------------------------------------------------------------------------------
-def extract_state_dict(checkpoint, use_ema: bool = False) -> "OrderedDict[str, torch.Tensor]":
-    """Return the model state dict of a bare dict, `{"state_dict"}`, `{"model"}`, `{"state_dict_ema"}` or an
-    mmengine checkpoint (`{"meta", "state_dict", ...}`). A leading DDP `module.` prefix is removed."""
-    if not isinstance(checkpoint, dict):
-        raise ConversionError(f"Expected a dict checkpoint, got {type(checkpoint).__name__}.")
-    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        state_dict = checkpoint
-    else:
-        order = ("state_dict_ema", "model_ema", "state_dict", "model") if use_ema else ("state_dict", "model", "state_dict_ema")
-        found = [k for k in order if isinstance(checkpoint.get(k), dict)]
-        if not found:
-            raise ConversionError(
-                "Could not find the model weights in the checkpoint: expected a bare state dict or one of the keys "
-                f"'state_dict', 'model', 'state_dict_ema'; found keys {sorted(checkpoint)[:10]}."
-            )
-        if use_ema and found[0] not in ("state_dict_ema", "model_ema"):
-            raise ConversionError("--ema was given but the checkpoint has no 'state_dict_ema'/'model_ema' entry.")
-        state_dict = checkpoint[found[0]]
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
-    return OrderedDict(state_dict)
-
-
-def load_original_checkpoint(path: str | Path, use_ema: bool = False) -> "OrderedDict[str, torch.Tensor]":
-    checkpoint = load_torch_checkpoint(path)  # weights_only=True; a pickle that needs code is refused
-    return extract_state_dict(checkpoint, use_ema=use_ema)
+BACKBONE_TASKS = (IMAGE_CLASSIFICATION, BACKBONE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,8 +45,7 @@ _ACTIVATIONS = {"GELU": "gelu", "ReLU": "relu", "SiLU": "silu", "Swish": "silu"}
 
 
 def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConversionError(f"Unsupported original configuration: {message}")
+    check_supported(condition, message, what="original configuration")
 
 
 def config_from_original(constructor: dict, **overrides) -> PaCaViTConfig:
@@ -259,26 +210,9 @@ def _map_backbone_key(key: str, config: PaCaViTConfig) -> str | None:
     return None
 
 
-def _split_prefix(state_dict: dict) -> tuple[dict, dict]:
-    """Separate backbone keys (stripping mmseg/mmdet's `backbone.`) from head keys."""
-    has_backbone_prefix = any(k.startswith("backbone.") for k in state_dict)
-    backbone, heads = OrderedDict(), OrderedDict()
-    for key, value in state_dict.items():
-        if has_backbone_prefix:
-            if key.startswith("backbone."):
-                backbone[key[len("backbone.") :]] = value
-            else:
-                heads[key] = value
-        elif key.startswith(HEAD_PREFIXES):
-            heads[key] = value
-        else:
-            backbone[key] = value
-    return backbone, heads
-
-
 def infer_num_clusters(state_dict: dict, config: PaCaViTConfig) -> list[int]:
     """Cluster counts per stage as the checkpoint's cluster-logit layers have them (for `downstream_cluster_num`)."""
-    backbone, _ = _split_prefix(state_dict)
+    backbone, _ = split_backbone_and_heads(state_dict)
     clusters = list(config.num_clusters)
     last = {"conv": 4, "mlp": 2, "linear": 0}[config.clustering_type]
     for key, value in backbone.items():
@@ -290,29 +224,23 @@ def infer_num_clusters(state_dict: dict, config: PaCaViTConfig) -> list[int]:
     return clusters
 
 
-def convert_state_dict(
-    state_dict: dict, config: PaCaViTConfig, task: str = "image-classification"
-) -> tuple["OrderedDict[str, torch.Tensor]", ConversionReport]:
-    """Map an original state dict to the keys of the pacavit model for `task` (before shape checks)."""
-    if task not in TASKS:
-        raise ConversionError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
-    if task == "semantic-segmentation":  # head key tables live in convert_segmentation
-        from .convert_segmentation import convert_segmentation_state_dict
-
-        return convert_segmentation_state_dict(state_dict, config)
-    if task == "instance-segmentation":  # mmdet Mask R-CNN head rules live in convert_maskrcnn
-        from .convert_maskrcnn import convert_maskrcnn_state_dict
-
-        return convert_maskrcnn_state_dict(state_dict, config)
+def convert_backbone_state_dict(
+    state_dict: dict, config: PaCaViTConfig, task: str = IMAGE_CLASSIFICATION
+) -> tuple[OrderedDict[str, torch.Tensor], ConversionReport]:
+    """Map an original state dict to the keys of `PaCaViTForImageClassification` (`task="image-classification"`)
+    or `PaCaViTBackbone` (`task="backbone"`: the ImageNet head and any mmseg/mmdet heads are dropped and listed),
+    before the strict shape check."""
+    if task not in BACKBONE_TASKS:
+        raise ConversionError(f"The backbone converter converts {' or '.join(BACKBONE_TASKS)}, not {task!r}.")
     report = ConversionReport()
-    backbone, heads = _split_prefix(state_dict)
-    converted: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    backbone, heads = split_backbone_and_heads(state_dict)
+    converted: OrderedDict[str, torch.Tensor] = OrderedDict()
     unknown = []
     pending_kv: dict[str, dict[str, torch.Tensor]] = {}
 
     for key, value in backbone.items():
         if key in ("head.weight", "head.bias"):
-            if task == "image-classification":
+            if task == IMAGE_CLASSIFICATION:
                 converted[f"classifier.{key.split('.')[-1]}"] = value
                 report.mapped += 1
             else:
@@ -339,7 +267,7 @@ def convert_state_dict(
         report.mapped += 2
 
     for key in heads:
-        if key.startswith(HEAD_PREFIXES) and task == "backbone":
+        if key.startswith(HEAD_PREFIXES) and task == BACKBONE:
             report.drop(key, f"{key.split('.')[0]} (a dense-prediction head; convert it with its own task)")
         elif key.startswith(HEAD_PREFIXES):
             report.drop(key, f"{key.split('.')[0]} (not part of an image classifier)")
@@ -357,39 +285,19 @@ def convert_state_dict(
     return final, report
 
 
-def check_against_model(converted: dict, model: torch.nn.Module) -> None:
-    """Raise a ConversionError naming missing/unexpected keys and shape mismatches."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in converted]
-    unexpected = [k for k in converted if k not in expected]
-    mismatched = [
-        f"{k}: checkpoint {tuple(converted[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in converted and converted[k].shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing from the checkpoint ({len(missing)}): {missing[:12]}")
-    if unexpected:
-        problems.append(f"not in the model ({len(unexpected)}): {unexpected[:12]}")
-    if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched[:8]}")
-    if problems:
-        raise ConversionError(
-            "The checkpoint does not fit the chosen architecture:\n  " + "\n  ".join(problems)
-            + "\nPick the preset/original config the checkpoint was trained with."
-        )
-
-
 # --------------------------------------------------------------------------------------------
 # End to end
 # --------------------------------------------------------------------------------------------
-def build_config(
+def build_backbone_config(
     state_dict: dict,
     task: str,
     preset: str | None = None,
     original_config: dict | None = None,
 ) -> PaCaViTConfig:
+    """The architecture of `state_dict` (backbone keys, without mmseg/mmdet's `backbone.`): a preset or original
+    builder name, with the cluster counts the weights have (dense-task checkpoints are trained with others), or
+    the original constructor's arguments. For `image-classification` the labels come from the ImageNet head; for
+    every other task the backbone returns all four stages."""
     if (preset is None) == (original_config is None):
         raise ConversionError("Give exactly one of --preset or --original-config.")
     if original_config is not None:
@@ -400,7 +308,7 @@ def build_config(
         if inferred != config.num_clusters:  # downstream checkpoints are trained with other cluster counts
             print(f"num_clusters taken from the checkpoint: {inferred} (preset {preset!r} has {config.num_clusters})")
             config.num_clusters = inferred
-    if task == "image-classification":
+    if task == IMAGE_CLASSIFICATION:
         head = state_dict.get("head.weight")
         if head is None:
             raise ConversionError(
@@ -409,7 +317,7 @@ def build_config(
             )
         config.num_labels = head.shape[0]
         if head.shape[0] == 1000:
-            config.id2label, config.label2id = _imagenet_labels()
+            config.id2label, config.label2id = imagenet_labels()
     else:
         config.num_labels = 0
         if not config.out_features or config.out_features == [config.stage_names[-1]]:
@@ -417,7 +325,8 @@ def build_config(
     return config
 
 
-def _imagenet_labels() -> tuple[dict[int, str], dict[str, int]]:
+def imagenet_labels() -> tuple[dict[int, str], dict[str, int]]:
+    """The ImageNet-1k class names, as timm ships them (no download); `LABEL_i` without timm."""
     try:  # timm ships the ImageNet-1k class names, so no download is needed
         from timm.data import ImageNetInfo
 
@@ -432,95 +341,39 @@ def _imagenet_labels() -> tuple[dict[int, str], dict[str, int]]:
     return id2label, label2id
 
 
-def save_image_processor(output_dir: Path, config: PaCaViTConfig) -> None:
-    """The original evaluation preprocessing: bicubic resize, crop_pct 0.9, ImageNet mean/std."""
-    from .data.classification import build_eval_image_processor
-
-    size = config.image_size if config.image_size else 224
-    build_eval_image_processor(size, crop_pct=0.9, interpolation="bicubic").save_pretrained(output_dir)
-
-
-def load_and_save_converted(model_class, config, converted: dict, output_dir, save_processor=None):
-    """Strictly load converted weights into a fresh `model_class(config)` and save it (and, through
-    `save_processor(folder)`, its image processor) atomically: concurrent or killed conversions never leave a
-    half-written folder. Every task's converter ends here; returns the model in eval mode."""
-    with no_init_weights():  # every weight is overwritten by the strict load below
-        model = model_class(config).eval()
-    check_against_model(converted, model)
-    model.load_state_dict(converted, strict=True)
-    with atomic_directory(Path(output_dir)) as tmp:
-        model.save_pretrained(tmp)
-        if save_processor is not None:
-            save_processor(tmp)
-    return model
-
-
-def convert_checkpoint(
-    checkpoint: str | Path,
+def convert_backbone_checkpoint(
+    checkpoint: str | Path | dict,
     output_dir: str | Path,
-    task: str = "image-classification",
+    task: str = IMAGE_CLASSIFICATION,
     preset: str | None = None,
     original_config: dict | None = None,
     use_ema: bool = False,
     verbose: bool = True,
 ):
-    """Convert `checkpoint`, save a folder loadable with the Auto class of `task`, return the model."""
-    from .modeling_pacavit import PaCaViTBackbone, PaCaViTForImageClassification
-
-    if task == "semantic-segmentation":  # mmseg segmentors (PaCa head / UperNet): see convert_segmentation
-        from .convert_segmentation import convert_segmentation_checkpoint
-
-        return convert_segmentation_checkpoint(checkpoint, output_dir, preset, original_config, use_ema, verbose)
-    if task == "instance-segmentation":  # mmdet Mask R-CNN: see convert_maskrcnn
-        from .convert_maskrcnn import convert_maskrcnn_checkpoint
-
-        return convert_maskrcnn_checkpoint(checkpoint, output_dir, preset, original_config, use_ema, verbose)
-
-    if isinstance(checkpoint, dict):  # already loaded (pacavit.checkpoint_names.convert_by_name)
-        state_dict = extract_state_dict(checkpoint, use_ema=use_ema)
-    else:
-        state_dict = load_original_checkpoint(checkpoint, use_ema=use_ema)
-    backbone_only, _ = _split_prefix(state_dict)
-    config = build_config(backbone_only, task, preset, original_config)
-    converted, report = convert_state_dict(state_dict, config, task)
-    model_class = PaCaViTForImageClassification if task == "image-classification" else PaCaViTBackbone
-    save_processor = (lambda folder: save_image_processor(folder, config)) if task == "image-classification" else None
-    model = load_and_save_converted(model_class, config, converted, output_dir, save_processor)
+    """Convert `checkpoint` (a path, or an already loaded dict) into a `PaCaViTForImageClassification` folder
+    (with the original ImageNet evaluation as its image processor) or a `PaCaViTBackbone` folder; returns the
+    model."""
+    state_dict = extract_state_dict(load_checkpoint_file(checkpoint), use_ema=use_ema)
+    backbone_only, _ = split_backbone_and_heads(state_dict)
+    config = build_backbone_config(backbone_only, task, preset, original_config)
+    converted, report = convert_backbone_state_dict(state_dict, config, task)
+    if task == IMAGE_CLASSIFICATION:
+        model_class, processor = PaCaViTForImageClassification, default_image_processor(config)
+    else:  # a backbone's inputs are prepared by the dense model that uses it
+        model_class, processor = PaCaViTBackbone, None
+    model = save_converted_model(model_class, config, converted, output_dir, processor)
     if verbose:
         print(report.summary())
         print(f"saved {model_class.__name__} to {output_dir}")
     return model
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="original .pth (timm, mmseg or mmdet layout)")
-    # Without --preset/--original-config the architecture, task and head come from the released file's name
-    # (pacavit.checkpoint_names), checked strictly against the weights.
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--preset", help="preset or original builder name, e.g. pacavit-tiny / pacavit_tiny_p2cconv_100_0")
-    source.add_argument("--original-config", help="JSON with the original constructor kwargs (fixture/manifest form)")
-    source.add_argument(
-        "--checkpoint-name",
-        help="the released file name to read preset/task/head from, for a renamed file "
-        "(e.g. upernet_pacavit_tiny_p2cconv_100_0_512x512_160k_ade20k.pth)",
-    )
-    parser.add_argument("--task", choices=TASKS, default=None, help="default: from the file name, or image-classification")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--ema", action="store_true", help="convert the EMA weights (state_dict_ema)")
-    args = parser.parse_args(argv)
-    original = json.loads(Path(args.original_config).read_text()) if args.original_config else None
-    try:
-        if args.preset is None and original is None:
-            from .checkpoint_names import convert_by_name
-
-            convert_by_name(args.checkpoint, args.output_dir, args.checkpoint_name, args.task, args.ema)
-            return
-        task = args.task or "image-classification"
-        convert_checkpoint(args.checkpoint, args.output_dir, task, args.preset, original, args.ema)
-    except ValueError as error:  # ConversionError and unknown presets: a message, not a traceback
-        parser.exit(2, f"error: {error}\n")
-
-
-if __name__ == "__main__":
-    main()
+__all__ = [
+    "BACKBONE_TASKS",
+    "build_backbone_config",
+    "config_from_original",
+    "convert_backbone_checkpoint",
+    "convert_backbone_state_dict",
+    "imagenet_labels",
+    "infer_num_clusters",
+]

@@ -1,8 +1,8 @@
-"""pacavit.utils.require: a missing optional package is an ImportError naming the extra that provides it."""
+"""pacavit.extras.require: a missing optional package is an ImportError naming the extra that provides it."""
 
 import pytest
 
-from pacavit.utils import require
+from pacavit.extras import require
 
 
 def test_require_returns_the_module_or_names_the_extra():

@@ -4,8 +4,8 @@
     python -m pacavit.convert --task instance-segmentation --checkpoint mask_rcnn_pacavit_tiny_p2cconv_100_0_....pth \
         --preset pacavit_tiny_p2cconv_100_0 --output-dir mask-rcnn-pacavit-tiny-coco
 
-`convert.py` dispatches `--task instance-segmentation` here. Backbone keys (`backbone.`) go through the backbone rules
-of `convert.py`; the neck/RPN/RoI-head keys are renamed by `HEAD_RULES`. Strict like the other tasks: a key that no
+Backbone keys (`backbone.`) go through the backbone rules (`pacavit.convert.backbone`); the neck/RPN/RoI-head keys
+are renamed by `HEAD_RULES`. Strict like the other tasks: a key that no
 rule knows, a missing model key or a shape mismatch is an error naming the keys.
 
 Class order: mmdet puts the background LAST (`fc_cls` row K of K+1) and has no background slot in the box
@@ -23,11 +23,25 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from .configuration_pacavit_maskrcnn import PaCaViTMaskRCNNConfig
+from ..configuration_pacavit_maskrcnn import PaCaViTMaskRCNNConfig
+from ..modeling_pacavit_maskrcnn import PaCaViTForInstanceSegmentation
+from ..preprocessing import default_image_processor
+from .backbone import build_backbone_config, convert_backbone_state_dict
+from .common import (
+    BACKBONE,
+    BACKBONE_PREFIX,
+    ConversionError,
+    backbone_entries,
+    check_supported,
+    extract_state_dict,
+    load_checkpoint_file,
+    save_converted_model,
+)
 
 # The 80 COCO classes in mmdet's order (`CocoDataset.METAINFO['classes']`, = the category ids sorted).
 COCO_CLASSES = (
@@ -129,18 +143,7 @@ HEAD_RULES = [
     (rf"^roi_head\.mask_head\.upsample\.{_P}$", r"roi_heads.mask_predictor.conv5_mask.\1"),
     (rf"^roi_head\.mask_head\.conv_logits\.{_P}$", r"roi_heads.mask_predictor.mask_fcn_logits.\1"),
 ]
-HEAD_PREFIXES = ("neck.", "rpn_head.", "roi_head.")
-
-
-def _error(message: str):
-    from .convert import ConversionError
-
-    return ConversionError(message)
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise _error(f"Unsupported mmdet configuration: {message}")
+_require = partial(check_supported, what="mmdet configuration")
 
 
 def mmdet_class_to_torchvision(mmdet_index: int, num_classes: int) -> int:
@@ -152,19 +155,19 @@ def _reorder(new_key: str, value: torch.Tensor, num_classes: int) -> torch.Tenso
     """Background-last (mmdet) -> background-first (torchvision) for the three class-indexed tensors."""
     if new_key.startswith("roi_heads.box_predictor.cls_score."):
         if value.shape[0] != num_classes + 1:
-            raise _error(f"fc_cls has {value.shape[0]} rows; expected num_classes + 1 = {num_classes + 1}.")
+            raise ConversionError(f"fc_cls has {value.shape[0]} rows; expected num_classes + 1 = {num_classes + 1}.")
         order = [num_classes] + list(range(num_classes))
         return value[order]
     if new_key.startswith("roi_heads.box_predictor.bbox_pred."):
         if value.shape[0] != 4 * num_classes:
-            raise _error(
+            raise ConversionError(
                 f"fc_reg has {value.shape[0]} rows; expected 4 * num_classes = {4 * num_classes} "
                 "(class-agnostic box regression, reg_class_agnostic=True, is not supported)."
             )
         return torch.cat([value.new_zeros((4,) + value.shape[1:]), value])
     if new_key.startswith("roi_heads.mask_predictor.mask_fcn_logits."):
         if value.shape[0] != num_classes:
-            raise _error(f"conv_logits has {value.shape[0]} channels; expected num_classes = {num_classes}.")
+            raise ConversionError(f"conv_logits has {value.shape[0]} channels; expected num_classes = {num_classes}.")
         return torch.cat([value.new_zeros((1,) + value.shape[1:]), value])
     return value
 
@@ -252,7 +255,7 @@ def detector_settings(head: dict | None, state_dict: dict) -> dict:
     # widths and counts from the weights
     def shape(key):
         if key not in state_dict:
-            raise _error(f"The checkpoint has no {key!r}: it is not an mmdet Mask R-CNN checkpoint.")
+            raise ConversionError(f"The checkpoint has no {key!r}: it is not an mmdet Mask R-CNN checkpoint.")
         return tuple(state_dict[key].shape)
 
     settings["fpn_hidden_size"] = shape("neck.lateral_convs.0.conv.weight")[0]
@@ -291,21 +294,19 @@ def build_maskrcnn_config(
     original_config: dict | None = None,
     class_names: list[str] | None = None,
 ) -> PaCaViTMaskRCNNConfig:
-    from .convert import ConversionError, build_config
-
+    """The detector's config: the backbone's (`build_backbone_config`) plus `detector_settings`, with the class names
+    of `class_names` (the checkpoint's `meta`), else COCO's 80 when there are 80 classes."""
     manifest_builder = ((original_config or {}).get("backbone_cfg") or {}).get("type")
     if original_config is not None and "original_constructor" not in original_config and manifest_builder:
         preset, original_config_backbone = re.sub(r"_downstream$", "", manifest_builder), None
     else:
         original_config_backbone = original_config
-    backbone_keys = OrderedDict(
-        (k[len("backbone.") :], v) for k, v in state_dict.items() if k.startswith("backbone.")
-    )
+    backbone_keys = OrderedDict((k[len(BACKBONE_PREFIX) :], v) for k, v in backbone_entries(state_dict).items())
     if not backbone_keys:
         raise ConversionError(
             "The checkpoint has no 'backbone.' keys: it is not an mmdet Mask R-CNN checkpoint."
         )
-    backbone = build_config(backbone_keys, "backbone", preset, original_config_backbone)
+    backbone = build_backbone_config(backbone_keys, BACKBONE, preset, original_config_backbone)
     settings = detector_settings(_head_dicts(original_config), state_dict)
     num_labels = settings.pop("num_labels")
     if class_names is None and num_labels == len(COCO_CLASSES):
@@ -325,14 +326,11 @@ def build_maskrcnn_config(
 
 def convert_maskrcnn_state_dict(state_dict: dict, config: PaCaViTMaskRCNNConfig):
     """mmdet Mask R-CNN state dict -> `PaCaViTForInstanceSegmentation` keys (before the strict shape check)."""
-    from .convert import convert_state_dict
-
-    backbone = OrderedDict((k, v) for k, v in state_dict.items() if k.startswith("backbone."))
-    converted_backbone, report = convert_state_dict(backbone, config, "backbone")
+    converted_backbone, report = convert_backbone_state_dict(backbone_entries(state_dict), config, BACKBONE)
     converted = OrderedDict(("detector.backbone.body." + k, v) for k, v in converted_backbone.items())
     unknown = []
     for key, value in state_dict.items():
-        if key.startswith("backbone."):
+        if key.startswith(BACKBONE_PREFIX):
             continue
         for pattern, replacement in HEAD_RULES:
             if re.match(pattern, key):
@@ -343,7 +341,7 @@ def convert_maskrcnn_state_dict(state_dict: dict, config: PaCaViTMaskRCNNConfig)
         else:
             unknown.append(key)
     if unknown:
-        raise _error(
+        raise ConversionError(
             f"{len(unknown)} checkpoint keys match no Mask R-CNN conversion rule: {unknown[:12]}"
             f"{' ...' if len(unknown) > 12 else ''}. Only mmdet `MaskRCNN` (FPN, RPNHead, Shared2FCBBoxHead, "
             "FCNMaskHead) checkpoints are supported."
@@ -360,12 +358,7 @@ def convert_maskrcnn_checkpoint(
     verbose: bool = True,
 ):
     """Convert an mmdet Mask R-CNN checkpoint; save model + image processor to `output_dir`; return the model."""
-    from .convert import extract_state_dict, load_and_save_converted
-    from .image_processing_pacavit_maskrcnn import PaCaViTMaskRCNNImageProcessor
-    from .modeling_pacavit_maskrcnn import PaCaViTForInstanceSegmentation
-    from .safe_io import load_torch_checkpoint
-
-    raw = checkpoint if isinstance(checkpoint, dict) else load_torch_checkpoint(checkpoint)
+    raw = load_checkpoint_file(checkpoint)
     state_dict = extract_state_dict(raw, use_ema=use_ema)
     meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
     class_names = (meta.get("dataset_meta") or {}).get("classes")
@@ -373,12 +366,8 @@ def convert_maskrcnn_checkpoint(
         state_dict, preset, original_config, list(class_names) if class_names else None
     )
     converted, report = convert_maskrcnn_state_dict(state_dict, config)
-    model = load_and_save_converted(
-        PaCaViTForInstanceSegmentation,
-        config,
-        converted,
-        output_dir,
-        lambda folder: PaCaViTMaskRCNNImageProcessor().save_pretrained(folder),
+    model = save_converted_model(
+        PaCaViTForInstanceSegmentation, config, converted, output_dir, default_image_processor(config)
     )
     if verbose:
         print(report.summary())

@@ -1,4 +1,5 @@
-"""Small helpers used across the package."""
+"""Optional dependencies: `require(module)` imports one, or raises an ImportError naming the pip extra (setup.cfg,
+`[options.extras_require]`) that provides it."""
 
 from __future__ import annotations
 

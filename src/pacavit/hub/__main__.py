@@ -1,0 +1,5 @@
+"""`python -m pacavit.hub ...`: see `pacavit.hub.cli`."""
+
+from .cli import main
+
+main()
