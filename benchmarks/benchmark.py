@@ -15,8 +15,9 @@ Examples::
     python benchmarks/benchmark.py --models pacavit-tiny pacavit-tiny@/tmp/variant/pacavit convnext_tiny
 
 Models: PaCa presets (``pacavit.list_presets()``), optionally ``preset:eager`` (attention backend for that entry)
-and/or ``preset@/path/to/package`` (another copy of the package, e.g. a modified one), and any timm model name (built with ``pretrained=False``; nothing is downloaded). Defaults:
-pacavit-tiny, convnext_tiny, swin_tiny_patch4_window7_224, pvt_v2_b2.
+and/or ``preset@/path/to/package`` (another copy of the package, e.g. a modified one), and any timm model name (built
+with ``pretrained=False``; nothing is downloaded). Defaults: pacavit-tiny, convnext_tiny, swin_tiny_patch4_window7_224,
+pvt_v2_b2.
 
 Method: every model is built and warmed up first, then the repeats are *interleaved* (repeat r of every model
 before repeat r+1 of any), so load drift on a shared machine hits all models alike; each repeat times
@@ -139,11 +140,7 @@ class Runner:
         dtype = DTYPES[args.dtype]
         torch.manual_seed(0)
         model = build_model(spec, image_size, args.attn_implementation)
-        if (
-            args.activation_checkpointing
-            and mode == "train"
-            and hasattr(model, "activation_checkpointing_enable")
-        ):
+        if args.activation_checkpointing and mode == "train" and hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable()
         model = model.to(device)
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -156,9 +153,7 @@ class Runner:
             else:
                 self.autocast = torch.autocast(device_type=device.type, dtype=dtype)
         input_dtype = dtype if (mode == "infer" and args.cast_weights) else torch.float32
-        self.pixel_values = torch.randn(
-            batch_size, 3, image_size, image_size, device=device, dtype=input_dtype
-        )
+        self.pixel_values = torch.randn(batch_size, 3, image_size, image_size, device=device, dtype=input_dtype)
         self.pixel_values = self.pixel_values.contiguous(memory_format=memory_format)
         self.labels = torch.randint(0, 1000, (batch_size,), device=device)
         self.model = model.train(mode == "train")
@@ -244,9 +239,7 @@ def measure_cases(cases, args, device, log=print) -> list[dict]:
         runner = Runner(spec, mode, args, device, batch_size, image_size)
         runner.warmup(args.warmup)
         runners.append(runner)
-        log(
-            f"  built+warmed {spec} [{mode}] batch {batch_size} {image_size}px (first step {runner.compile_s:.2f}s)"
-        )
+        log(f"  built+warmed {spec} [{mode}] batch {batch_size} {image_size}px (first step {runner.compile_s:.2f}s)")
     if getattr(args, "interleave", True):
         for _ in range(args.repeats):  # interleaved repeats: drift on a shared machine hits every case alike
             for runner in runners:
@@ -319,9 +312,7 @@ def print_table(results, reference, gmacs, out=print):
     for mode, rows in by_mode.items():
         ref = next((r for r in rows if r["model"] == reference), None)
         out(f"\n[{mode}] batch {rows[0]['batch_size']}, {rows[0]['image_size']}x{rows[0]['image_size']}")
-        out(
-            f"{'model':44s} {'img/s':>9s} {'ms/batch':>10s} {'x ' + reference[:14]:>17s} {'GMACs':>7s} {'GMAC/s':>8s}"
-        )
+        out(f"{'model':44s} {'img/s':>9s} {'ms/batch':>10s} {'x ' + reference[:14]:>17s} {'GMACs':>7s} {'GMAC/s':>8s}")
         for row in rows:
             ratio = row["img_per_s"] / ref["img_per_s"] if ref else float("nan")
             row[f"ratio_vs_{reference}"] = ratio if ref else None
@@ -345,21 +336,15 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     parser.add_argument(
-        "--cast-weights",
-        action="store_true",
-        help="inference: convert weights to --dtype instead of autocast",
+        "--cast-weights", action="store_true", help="inference: convert weights to --dtype instead of autocast"
     )
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument(
-        "--compile", action="store_true", help="torch.compile every model (compile time is reported)"
-    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model (compile time is reported)")
     parser.add_argument(
         "--attn-implementation", default=None, help="PaCa attention backend: sdpa (default), eager, xformers"
     )
     parser.add_argument(
-        "--activation-checkpointing",
-        action="store_true",
-        help="PaCa train step with activation checkpointing",
+        "--activation-checkpointing", action="store_true", help="PaCa train step with activation checkpointing"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, auto")
@@ -373,16 +358,12 @@ def main(argv=None) -> int:
         help="time each case's repeats back to back instead of round-robin over cases",
     )
     parser.add_argument("--stat", choices=["median", "min"], default="median", help="statistic over repeats")
-    parser.add_argument(
-        "--steps", type=int, default=None, help="iterations per repeat (default 1 on CPU, 10 on CUDA)"
-    )
+    parser.add_argument("--steps", type=int, default=None, help="iterations per repeat (default 1 on CPU, 10 on CUDA)")
     parser.add_argument(
         "--scaling", default=None, help="comma-separated sizes: resolution-scaling mode at --scaling-batch"
     )
     parser.add_argument("--scaling-batch", type=int, default=1)
-    parser.add_argument(
-        "--profile", action="store_true", help="also print a torch.profiler table per model and mode"
-    )
+    parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table per model and mode")
     parser.add_argument("--profile-rows", type=int, default=25)
     parser.add_argument("--json", default=None, help="write environment + results as JSON")
     args = parser.parse_args(argv)
@@ -412,22 +393,16 @@ def main(argv=None) -> int:
             for row in measure_cases(cases, args, device):
                 row["gmacs_per_img"] = strict_gmacs(row["model"], row["image_size"])
                 rows.append(row)
+        print(f"\nResolution scaling, batch {args.scaling_batch} (ms per image; cost and MAC ratios vs {sizes[0]})")
         print(
-            f"\nResolution scaling, batch {args.scaling_batch} (ms per image; cost and MAC ratios vs {sizes[0]})"
-        )
-        print(
-            f"{'model':36s} {'mode':6s} "
-            + " ".join(f"{s:>9d}" for s in sizes)
-            + "   cost ratio   MAC ratio   pixels"
+            f"{'model':36s} {'mode':6s} " + " ".join(f"{s:>9d}" for s in sizes) + "   cost ratio   MAC ratio   pixels"
         )
         for mode in modes:
             for spec in args.models:
                 mine = {r["image_size"]: r for r in rows if r["model"] == spec and r["mode"] == mode}
                 first = mine[sizes[0]]
                 cost = mine[sizes[-1]]["median_s_per_step"] / first["median_s_per_step"]
-                macs = (mine[sizes[-1]]["gmacs_per_img"] or float("nan")) / (
-                    first["gmacs_per_img"] or float("nan")
-                )
+                macs = (mine[sizes[-1]]["gmacs_per_img"] or float("nan")) / (first["gmacs_per_img"] or float("nan"))
                 for size in sizes:
                     mine[size]["cost_ratio"] = mine[size]["median_s_per_step"] / first["median_s_per_step"]
                 print(

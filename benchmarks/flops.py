@@ -101,10 +101,7 @@ def _sdpa_custom_mapping() -> dict:
         # FlopCounterMode passes shapes (shape_wrapper) for custom formulas
         return _sdpa_formula(tuple(query_shape), tuple(key_shape), tuple(value_shape))
 
-    for name in (
-        "_scaled_dot_product_flash_attention_for_cpu",
-        "_scaled_dot_product_fused_attention_overrideable",
-    ):
+    for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable"):
         op = getattr(aten, name, None)
         if op is not None:
             mapping[op] = flash_cpu
@@ -194,9 +191,7 @@ def paper_elementwise_macs(config, height: int, width: int) -> float:
             elements += n * c
         if config.use_clustering_teacher:
             last = stage == config.num_stages - 1
-            teacher_blocks = config.teacher_depths[stage] + (
-                0 if last else 1
-            )  # stage blocks + top-down block
+            teacher_blocks = config.teacher_depths[stage] + (0 if last else 1)  # stage blocks + top-down block
             elements += teacher_blocks * n * c  # ConvMixer residual additions
             elements += 0 if last else n * c  # top-down sum
             elements += n * c  # PaCa stage output + teacher stage output
@@ -231,18 +226,12 @@ def count(name: str, image_size=224, num_labels: int = 1000, model=None, device:
     if model is None:
         try:
             with torch.device(device):
-                model = (
-                    build_pacavit(name, num_labels)
-                    if is_paca
-                    else build_timm(name, num_labels, (height, width))
-                )
+                model = build_pacavit(name, num_labels) if is_paca else build_timm(name, num_labels, (height, width))
         except Exception:  # a model that cannot be built on meta: count it for real
             if device != "meta":
                 raise
             device = "cpu"
-            model = (
-                build_pacavit(name, num_labels) if is_paca else build_timm(name, num_labels, (height, width))
-            )
+            model = build_pacavit(name, num_labels) if is_paca else build_timm(name, num_labels, (height, width))
     else:
         device = next(model.parameters()).device.type
     params = sum(p.numel() for p in model.parameters())
@@ -258,9 +247,7 @@ def count(name: str, image_size=224, num_labels: int = 1000, model=None, device:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--models", nargs="*", default=None, help="presets and/or timm names (default: every preset)"
-    )
+    parser.add_argument("--models", nargs="*", default=None, help="presets and/or timm names (default: every preset)")
     parser.add_argument("--image-size", default="224", help="224 or HxW")
     parser.add_argument("--num-labels", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None)
@@ -283,12 +270,11 @@ def main(argv=None) -> int:
         at_224 = parse_size(args.image_size) == (224, 224)
         ref = REFERENCE_PAPER_GMACS.get(row["model"]) if at_224 else None
         ref_strict = REFERENCE_STRICT_GMACS.get(row["model"]) if at_224 else None
-        ref_text = (
-            f"{ref:.3f}" if ref is not None else (f"{ref_strict:.2f}*" if ref_strict is not None else "")
-        )
+        ref_text = f"{ref:.3f}" if ref is not None else (f"{ref_strict:.2f}*" if ref_strict is not None else "")
         print(
             f"{row['model']:42s} {row['params'] / 1e6:10.2f} "
-            f"{(paper / 1e9 if paper is not None else float('nan')):12.3f} {row['strict_macs'] / 1e9:13.3f} {ref_text:>10s}"
+            f"{(paper / 1e9 if paper is not None else float('nan')):12.3f} "
+            f"{row['strict_macs'] / 1e9:13.3f} {ref_text:>10s}"
         )
         if args.check:
             if ref is not None and abs(paper / 1e9 - ref) > 0.01:

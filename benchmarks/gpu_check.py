@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import benchmark as bench
-import maskrcnn_benchmark
-import segmentation_benchmark
+sys.path.insert(0, str(HERE))  # the sibling benchmark scripts are not a package
+import benchmark as bench  # noqa: E402
+import maskrcnn_benchmark  # noqa: E402
+import segmentation_benchmark  # noqa: E402
 
 
 class Args:
@@ -82,9 +82,7 @@ def agreement(device, quick: bool, results: dict):
     out = {}
     torch.manual_seed(0)
     reference = (
-        PaCaViTForImageClassification(PaCaViTConfig.from_preset("pacavit-tiny", num_labels=1000))
-        .to(device)
-        .eval()
+        PaCaViTForImageClassification(PaCaViTConfig.from_preset("pacavit-tiny", num_labels=1000)).to(device).eval()
     )
     state = reference.state_dict()
     batch, size = (2, 96) if quick else (16, 224)
@@ -163,15 +161,34 @@ def dense_tasks(device, quick: bool, results: dict, budget_end: float) -> None:
     dtype = "bf16" if device.type == "cuda" else "fp32"
     jobs = {
         "segmentation": lambda: segmentation_benchmark.main(
-            ["--device", str(device), "--dtype", dtype, "--image-size", "128" if quick else "512",
-             "--batch-sizes", *(["1"] if quick else ["8", "32"]), "--repeats", "1" if quick else "5",
-             "--warmup-max-batch", "64"]
+            [
+                "--device",
+                str(device),
+                "--dtype",
+                dtype,
+                "--image-size",
+                "128" if quick else "512",
+                "--batch-sizes",
+                *(["1"] if quick else ["8", "32"]),
+                "--repeats",
+                "1" if quick else "5",
+                "--warmup-max-batch",
+                "64",
+            ]
         ),
         # fp16, as maskrcnn_benchmark.py documents for CUDA: torchvision's roi_align/nms kernels take half, and
         # bf16 support varies by version
         "maskrcnn": lambda: maskrcnn_benchmark.main(
-            ["--device", str(device), "--dtype", "fp16" if device.type == "cuda" else "fp32",
-             "--repeats", "1" if quick else "10", "--warmup", "1" if quick else "3"]
+            [
+                "--device",
+                str(device),
+                "--dtype",
+                "fp16" if device.type == "cuda" else "fp32",
+                "--repeats",
+                "1" if quick else "10",
+                "--warmup",
+                "1" if quick else "3",
+            ]
             + (["--height", "128", "--width", "192"] if quick else [])
         ),
     }
@@ -194,14 +211,9 @@ def main(argv=None) -> int:
     parser.add_argument("--infer-batch", type=int, default=256)
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument(
-        "--extra-models",
-        nargs="*",
-        default=[],
-        help="more PaCa specs for the first case (e.g. preset@/path/pkg)",
+        "--extra-models", nargs="*", default=[], help="more PaCa specs for the first case (e.g. preset@/path/pkg)"
     )
-    parser.add_argument(
-        "--budget-s", type=float, default=420.0, help="skip items that would start after this"
-    )
+    parser.add_argument("--budget-s", type=float, default=420.0, help="skip items that would start after this")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_results.json"))
     args = parser.parse_args(argv)
@@ -246,9 +258,7 @@ def main(argv=None) -> int:
     print("agreement:", json.dumps(results["agreement"], indent=1))
 
     infer_batch, train_batch = (2, 2) if args.quick else (args.infer_batch, args.train_batch)
-    common = (
-        {"warmup": 1, "repeats": 1, "steps": 1} if args.quick else {"warmup": 3, "repeats": 5, "steps": 5}
-    )
+    common = {"warmup": 1, "repeats": 1, "steps": 1} if args.quick else {"warmup": 3, "repeats": 5, "steps": 5}
     if args.quick and device.type == "cpu":  # a CPU without AVX-512 BF16 emulates bf16 slowly; the paths are the same
         common["dtype"] = "fp32"
     paca, peer = "pacavit-tiny", "convnext_tiny"
@@ -264,11 +274,15 @@ def main(argv=None) -> int:
     ]
     if have_xformers:
         eager_cases.append(("bf16 paca attention=xformers", [paca], {"attn_implementation": "xformers"}))
-    compiled_cases = [] if args.no_compile else [
-        ("bf16 torch.compile", [paca, peer], {"compile": True}),
-        ("bf16 torch.compile [small]", ["pacavit-small", "convnext_small"], {"compile": True}),
-        ("bf16 torch.compile + channels_last", [paca, peer], {"compile": True, "channels_last": True}),
-    ]
+    compiled_cases = (
+        []
+        if args.no_compile
+        else [
+            ("bf16 torch.compile", [paca, peer], {"compile": True}),
+            ("bf16 torch.compile [small]", ["pacavit-small", "convnext_small"], {"compile": True}),
+            ("bf16 torch.compile + channels_last", [paca, peer], {"compile": True, "channels_last": True}),
+        ]
+    )
 
     def run_cases(cases):
         for label, specs, options in cases:
@@ -286,33 +300,30 @@ def main(argv=None) -> int:
     # table + best configuration
     rows = [r for r in results["throughput"] if "img_per_s" in r]
     print(
-        f"\n{'configuration':38s} {'mode':6s} {'model':30s} {'batch':>5s} {'img/s':>9s} {'x convnext':>10s} {'first step s':>12s} {'peak GB':>8s}"
+        f"\n{'configuration':38s} {'mode':6s} {'model':30s} {'batch':>5s} {'img/s':>9s} {'x convnext':>10s} "
+        f"{'first step s':>12s} {'peak GB':>8s}"
     )
     best = {}
     for r in rows:
         own_peer = "convnext_small" if r["model"].startswith("pacavit-small") else peer
         peer_row = next(
-            (p for p in rows if p["label"] == r["label"] and p["mode"] == r["mode"] and p["model"] == own_peer),
-            None,
+            (p for p in rows if p["label"] == r["label"] and p["mode"] == r["mode"] and p["model"] == own_peer), None
         )
         ratio = r["img_per_s"] / peer_row["img_per_s"] if peer_row else float("nan")
         r["ratio_vs_convnext_same_config"] = ratio if peer_row else None
         print(
-            f"{r['label']:38s} {r['mode']:6s} {r['model'][-30:]:30s} {r['batch_size']:5d} {r['img_per_s']:9.1f} {ratio:10.3f} "
+            f"{r['label']:38s} {r['mode']:6s} {r['model'][-30:]:30s} {r['batch_size']:5d} {r['img_per_s']:9.1f} "
+            f"{ratio:10.3f} "
             f"{(r.get('first_step_s') or 0):12.1f} {(r.get('peak_step_memory_gb') or float('nan')):8.2f}"
         )
-        if r["model"].startswith(paca) and (
-            r["mode"] not in best or r["img_per_s"] > best[r["mode"]]["img_per_s"]
-        ):
+        if r["model"].startswith(paca) and (r["mode"] not in best or r["img_per_s"] > best[r["mode"]]["img_per_s"]):
             best[r["mode"]] = r
     for r in results["throughput"]:
         if "img_per_s" not in r:
             print(f"{r['label']:38s} {r['mode']:6s} {r.get('skipped') or r.get('error')}")
     results["best"] = {}
     for mode, r in best.items():
-        peer_best = max(
-            (p["img_per_s"] for p in rows if p["model"] == peer and p["mode"] == mode), default=None
-        )
+        peer_best = max((p["img_per_s"] for p in rows if p["model"] == peer and p["mode"] == mode), default=None)
         results["best"][mode] = {
             "configuration": r["label"],
             "model": r["model"],

@@ -72,9 +72,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--profile", action="store_true", help="print a torch.profiler table of the PaCa detector"
-    )
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of the PaCa detector")
     parser.add_argument("--output", default=None, help="write the results JSON here")
     args = parser.parse_args(argv)
 
@@ -113,10 +111,12 @@ def main(argv=None) -> dict:
     paca, reference = medians["pacavit-tiny maskrcnn"], medians["torchvision maskrcnn_resnet50_fpn"]
     for name, value in medians.items():
         print(
-            f"{name:36s} {value * 1000:9.1f} ms/image  {1 / value:6.3f} images/s  (all: {[round(t, 3) for t in times[name]]})"
+            f"{name:36s} {value * 1000:9.1f} ms/image  {1 / value:6.3f} images/s  "
+            f"(all: {[round(t, 3) for t in times[name]]})"
         )
     print(
-        f"speed ratio (PaCa images/s / ResNet-50 images/s): {reference / paca:.3f}  load average {load_before} -> {load_after}"
+        f"speed ratio (PaCa images/s / ResNet-50 images/s): {reference / paca:.3f}  "
+        f"load average {load_before} -> {load_after}"
     )
     result = dict(
         date=time.strftime("%Y-%m-%d %H:%M"),

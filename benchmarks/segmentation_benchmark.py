@@ -26,8 +26,13 @@ import torch.nn.functional as F
 
 
 def build(name: str):
-    from transformers import ConvNextConfig, SegformerConfig, SegformerForSemanticSegmentation, UperNetConfig
-    from transformers import UperNetForSemanticSegmentation
+    from transformers import (
+        ConvNextConfig,
+        SegformerConfig,
+        SegformerForSemanticSegmentation,
+        UperNetConfig,
+        UperNetForSemanticSegmentation,
+    )
 
     from pacavit import PaCaViTConfig, PaCaViTForSemanticSegmentation, PaCaViTSegmentationConfig
 
@@ -41,10 +46,16 @@ def build(name: str):
         upsample = head == "upernet"
         return model, upsample
     if name == "segformer-b2":
-        config = SegformerConfig(depths=[3, 4, 6, 3], hidden_sizes=[64, 128, 320, 512], decoder_hidden_size=768, num_labels=150)
+        config = SegformerConfig(
+            depths=[3, 4, 6, 3], hidden_sizes=[64, 128, 320, 512], decoder_hidden_size=768, num_labels=150
+        )
         return SegformerForSemanticSegmentation(config), False
     if name == "upernet-convnext-tiny":
-        backbone = ConvNextConfig(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768], out_features=["stage1", "stage2", "stage3", "stage4"])
+        backbone = ConvNextConfig(
+            depths=[3, 3, 9, 3],
+            hidden_sizes=[96, 192, 384, 768],
+            out_features=["stage1", "stage2", "stage3", "stage4"],
+        )
         config = UperNetConfig(backbone_config=backbone, hidden_size=512, num_labels=150, use_auxiliary_head=False)
         return UperNetForSemanticSegmentation(config), False
     raise ValueError(f"unknown model {name!r}")
@@ -87,7 +98,7 @@ def main(argv=None):
         times = {name: [] for name in models}
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
         with torch.inference_mode(), autocast:
-            for name, (model, upsample) in models.items():  # warm-up (large batches reuse the small one's)
+            for model, upsample in models.values():  # warm-up (large batches reuse the small one's)
                 if batch <= args.warmup_max_batch:
                     forward(model, upsample, x)
             for _ in range(args.repeats):
@@ -99,7 +110,16 @@ def main(argv=None):
                     times[name].append(time.perf_counter() - start)
         for name, values in times.items():
             median = statistics.median(values)
-            results.append(dict(model=name, batch=batch, median_s=median, min_s=min(values), max_s=max(values), images_per_s=batch / median))
+            results.append(
+                dict(
+                    model=name,
+                    batch=batch,
+                    median_s=median,
+                    min_s=min(values),
+                    max_s=max(values),
+                    images_per_s=batch / median,
+                )
+            )
             print(f"measured {name} batch {batch}: {batch / median:.3f} img/s", flush=True)
         if args.out:  # after every batch size, so an interrupted run keeps what it measured
             with open(args.out, "w") as f:
@@ -113,11 +133,20 @@ def main(argv=None):
         for batch in args.batch_sizes:
             if (ours, batch) in by and (theirs, batch) in by:
                 ratio = by[(ours, batch)]["images_per_s"] / by[(theirs, batch)]["images_per_s"]
-                ratios.append(dict(ours=ours, theirs=theirs, batch=batch, ratio=ratio, target=target, met=ratio >= target))
-                print(f"{ours} / {theirs} at batch {batch}: {ratio:.2f}x (target {target}x: {'met' if ratio >= target else 'MISSED'})")
+                ratios.append(
+                    dict(ours=ours, theirs=theirs, batch=batch, ratio=ratio, target=target, met=ratio >= target)
+                )
+                print(
+                    f"{ours} / {theirs} at batch {batch}: {ratio:.2f}x "
+                    f"(target {target}x: {'met' if ratio >= target else 'MISSED'})"
+                )
     record = dict(
-        results=results, ratios=ratios, args=vars(args), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        machine=platform.processor() or platform.machine(), torch=torch.__version__,
+        results=results,
+        ratios=ratios,
+        args=vars(args),
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        machine=platform.processor() or platform.machine(),
+        torch=torch.__version__,
         load_average=os.getloadavg() if hasattr(os, "getloadavg") else None,
     )
     if args.out:

@@ -52,13 +52,7 @@ from pacavit.data import (
     select_splits,
     split_train_validation,
 )
-from pacavit.hub.cards import (
-    CardMetric,
-    architecture_section,
-    hardware_section,
-    recipe_section,
-    write_model_card,
-)
+from pacavit.hub.cards import CardMetric, architecture_section, hardware_section, recipe_section, write_model_card
 from pacavit.hub.push import push
 from pacavit.metrics import TopKAccuracy, topk_predictions
 from pacavit.training import (
@@ -107,8 +101,7 @@ def load_raw_datasets(args):
     if args.dataset_name in (None, DIGITS_NAME, "digits") and not (args.train_dir or args.validation_dir):
         raw = split_train_validation(load_digits_dataset(), args.train_val_split, args.seed)
         description = (
-            DIGITS_DESCRIPTION
-            + f" Held-out split: {args.train_val_split:.0%}, stratified by label, seed {args.seed}."
+            DIGITS_DESCRIPTION + f" Held-out split: {args.train_val_split:.0%}, stratified by label, seed {args.seed}."
         )
         return raw, dict(name=DIGITS_NAME, description=description, builtin=True)
     if args.train_dir or args.validation_dir:
@@ -171,9 +164,7 @@ def evaluate(model, dataloader, accelerator, ks=(1, 5), channels_last: bool = Fa
             logits = model(pixel_values=pixel_values).logits.float()
         losses = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
         predictions = topk_predictions(logits, max(ks))
-        predictions, references, losses = accelerator.gather_for_metrics(
-            (predictions, batch["labels"], losses)
-        )
+        predictions, references, losses = accelerator.gather_for_metrics((predictions, batch["labels"], losses))
         metric.add_batch(predictions=predictions, references=references)
         loss_sum += float(losses.sum())
         count += losses.numel()
@@ -184,9 +175,7 @@ def evaluate(model, dataloader, accelerator, ks=(1, 5), channels_last: bool = Fa
     return result, torch.cat(top1) if top1 else torch.empty(0, dtype=torch.long)
 
 
-def pipeline_check(
-    folder: Path, validation, image_column, label_column, label2id, top1_predictions, args, device
-):
+def pipeline_check(folder: Path, validation, image_column, label_column, label2id, top1_predictions, args, device):
     """Re-classify raw validation images with pipeline('image-classification') loaded from the saved folder:
     returns (top-1 %, % agreeing with the evaluation loop, number of images), or Nones when disabled."""
     n = min(args.pipeline_eval_samples, len(validation))
@@ -197,15 +186,11 @@ def pipeline_check(
     pipe = pipeline("image-classification", model=str(folder), device=device)
     subset = validation.select(range(n))
     outputs = pipe(
-        [img.convert("RGB") for img in subset[image_column]],
-        top_k=1,
-        batch_size=args.per_device_eval_batch_size,
+        [img.convert("RGB") for img in subset[image_column]], top_k=1, batch_size=args.per_device_eval_batch_size
     )
     predicted = [label2id[o[0]["label"]] for o in outputs]
     top1 = 100.0 * sum(p == t for p, t in zip(predicted, subset[label_column], strict=True)) / n
-    agreement = (
-        100.0 * sum(p == int(q) for p, q in zip(predicted, top1_predictions[:n].tolist(), strict=True)) / n
-    )
+    agreement = 100.0 * sum(p == int(q) for p, q in zip(predicted, top1_predictions[:n].tolist(), strict=True)) / n
     logger.info(
         f"pipeline('image-classification') on {n} raw validation images: top-1 {top1:.2f}%, agrees with the "
         f"eval loop on {agreement:.2f}%"
@@ -219,8 +204,7 @@ def pipeline_check(
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     command = (
-        "python examples/run_classification.py"
-        + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+        "python examples/run_classification.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     )
 
     # Accelerator, logging, threads, seed, resume point, output-folder guard, Hub preflight
@@ -235,9 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     label_column = pick_column(columns, args.label_column_name, LABEL_COLUMNS, "label")
     label_feature = raw["validation"].features[label_column]
     if not isinstance(label_feature, datasets.ClassLabel):
-        raise ValueError(
-            f"The label column {label_column!r} must be a datasets.ClassLabel, got {label_feature}."
-        )
+        raise ValueError(f"The label column {label_column!r} must be a datasets.ClassLabel, got {label_feature}.")
     label_names = list(label_feature.names)
     label2id = {name: i for i, name in enumerate(label_names)}
 
@@ -250,9 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     skipped = {}
     if args.skip_corrupt_images or args.verify_images:
         for split in [s for s in raw if not (args.eval_only and s == "train")]:
-            raw[split], messages = drop_corrupt_images(
-                raw[split], image_column, split, args.skip_corrupt_images
-            )
+            raw[split], messages = drop_corrupt_images(raw[split], image_column, split, args.skip_corrupt_images)
             skipped[split] = len(messages)
             for message in messages[:20]:
                 logger.warning(f"Skipping: {message}")
@@ -278,22 +258,14 @@ def main(argv: list[str] | None = None) -> dict:
     preprocessing_flags = {"image_size", "crop_pct", "interpolation"}
     if args.eval_only and not preprocessing_flags & set(args.explicit_flags):
         try:  # validate a checkpoint with its own preprocessing
-            image_processor = AutoImageProcessor.from_pretrained(
-                args.model_name_or_path, cache_dir=args.cache_dir
-            )
-            logger.info(
-                f"Evaluating with the checkpoint's own image processor: {type(image_processor).__name__}."
-            )
+            image_processor = AutoImageProcessor.from_pretrained(args.model_name_or_path, cache_dir=args.cache_dir)
+            logger.info(f"Evaluating with the checkpoint's own image processor: {type(image_processor).__name__}.")
         except (OSError, ValueError) as error:
-            logger.warning(
-                f"No usable image processor in {args.model_name_or_path} ({error}); using the flags."
-            )
+            logger.warning(f"No usable image processor in {args.model_name_or_path} ({error}); using the flags.")
     if image_processor is None:
         image_processor = build_image_processor(args)
     collate_fn = make_collate_fn(image_processor)
-    eval_dataset = ImageClassificationDataset(
-        raw["validation"], image_column, label_column, split="validation"
-    )
+    eval_dataset = ImageClassificationDataset(raw["validation"], image_column, label_column, split="validation")
     eval_dataloader = torch.utils.data.DataLoader(
         eval_dataset,
         batch_size=args.per_device_eval_batch_size,
@@ -306,9 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
         model, eval_dataloader = accelerator.prepare(model, eval_dataloader)
         metrics, _ = evaluate(model, eval_dataloader, accelerator, channels_last=args.channels_last)
         results = {f"eval_{k}": v for k, v in metrics.items()}
-        results.update(
-            model=args.model_name_or_path, world_size=accelerator.num_processes, wall_time_s=wall_time()
-        )
+        results.update(model=args.model_name_or_path, world_size=accelerator.num_processes, wall_time_s=wall_time())
         logger.info(
             f"Eval-only: top-1 {metrics['top1']:.3f}%  top-5 {metrics['top5']:.3f}%  "
             f"loss {metrics['loss']:.4f}  ({metrics['num_samples']} images)"
@@ -320,9 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
         return results
 
     if "train" not in raw:
-        raise ValueError(
-            "No training split; pass --train_dir or a dataset with a train split (or --eval_only)."
-        )
+        raise ValueError("No training split; pass --train_dir or a dataset with a train split (or --eval_only).")
     train_transform = build_train_transform(args)
     train_dataset = ImageClassificationDataset(
         raw["train"], image_column, label_column, transform=train_transform, seed=args.seed, split="train"
@@ -378,9 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---------------------------------------------------------------- train
     logger.info("***** Running training *****")
-    logger.info(
-        f"  Train / eval images = {len(train_dataset)} / {len(eval_dataset)}; classes = {len(label_names)}"
-    )
+    logger.info(f"  Train / eval images = {len(train_dataset)} / {len(eval_dataset)}; classes = {len(label_names)}")
     logger.info(f"  Epochs = {run.num_epochs}; updates = {run.max_steps} ({run.updates_per_epoch} per epoch)")
     logger.info(
         f"  Global batch = {batch_size} (per device {args.per_device_train_batch_size} x "
@@ -470,18 +436,9 @@ def main(argv: list[str] | None = None) -> dict:
         export_model.save_pretrained(out, safe_serialization=True)
         image_processor.save_pretrained(out)
         pipeline_top1, pipeline_agreement, n_pipe = pipeline_check(
-            out,
-            raw["validation"],
-            image_column,
-            label_column,
-            label2id,
-            top1_predictions,
-            args,
-            accelerator.device,
+            out, raw["validation"], image_column, label_column, label2id, top1_predictions, args, accelerator.device
         )
-        results.update(
-            pipeline_top1=pipeline_top1, pipeline_agreement=pipeline_agreement, pipeline_samples=n_pipe
-        )
+        results.update(pipeline_top1=pipeline_top1, pipeline_agreement=pipeline_agreement, pipeline_samples=n_pipe)
         results["wall_time_s"] = wall_time()
 
         # ------------------------------------------------ model card
@@ -491,9 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
             else "; ".join(str(t) for t in getattr(train_transform, "transforms", [train_transform]))
         )
         if mixup is not None:
-            augmentation += (
-                f"; mixup {args.mixup} / cutmix {args.cutmix} (switch prob {args.mixup_switch_prob})"
-            )
+            augmentation += f"; mixup {args.mixup} / cutmix {args.cutmix} (switch prob {args.mixup_switch_prob})"
         recipe = {key: getattr(args, key) for key in CARD_RECIPE_KEYS}
         recipe.update(
             global_batch_size=batch_size,
@@ -519,8 +474,7 @@ def main(argv: list[str] | None = None) -> dict:
             dataset_name=source["name"],
             dataset_on_hub=not source["builtin"] and source["name"] != "imagefolder",
             metrics=[
-                CardMetric("accuracy", round(metrics[f"top{k}"] / 100.0, 4), f"Top-{k} accuracy")
-                for k in (1, 5)
+                CardMetric("accuracy", round(metrics[f"top{k}"] / 100.0, 4), f"Top-{k} accuracy") for k in (1, 5)
             ],
             intro=(
                 "PaCa-ViT (Patch-to-Cluster Attention, CVPR 2023) image classifier trained with\n"

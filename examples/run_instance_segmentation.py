@@ -60,6 +60,7 @@ from pacavit.training.detection import (
 
 logger = get_logger(__name__)
 
+
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
@@ -80,20 +81,14 @@ def load_data(args):
         if not (args.validation_dir and args.validation_annotations) or (
             not args.eval_only and not (args.train_dir and args.train_annotations)
         ):
-            raise ValueError(
-                "Give --train_dir/--train_annotations and --validation_dir/--validation_annotations."
-            )
+            raise ValueError("Give --train_dir/--train_annotations and --validation_dir/--validation_annotations.")
         splits = {"validation": load_coco_folder(args.validation_dir, args.validation_annotations)}
         splits["train"] = (
-            load_coco_folder(args.train_dir, args.train_annotations)
-            if args.train_dir
-            else splits["validation"]
+            load_coco_folder(args.train_dir, args.train_annotations) if args.train_dir else splits["validation"]
         )
         label = Path(args.validation_dir).parent.name or "coco"
     else:
-        root = build_digit_scenes_coco(
-            args.built_in_data_dir, *args.built_in_scenes, digits=args.built_in_digits
-        )
+        root = build_digit_scenes_coco(args.built_in_data_dir, *args.built_in_scenes, digits=args.built_in_digits)
         splits = {
             s: load_coco_folder(root / s, root / "annotations" / f"instances_{s}.json")
             for s in ("train", "validation")
@@ -169,9 +164,7 @@ def write_figure(model, processor, eval_set, path: Path, count: int, threshold: 
         inputs = processor(image)
         with torch.no_grad():
             outputs = model(**inputs)
-        result = processor.post_process_instance_segmentation(
-            outputs, threshold=threshold, return_binary_maps=True
-        )[0]
+        result = processor.post_process_instance_segmentation(outputs, threshold=threshold, return_binary_maps=True)[0]
         canvas = np.asarray(image, dtype=np.float64) / 255
         for k, segment in enumerate(result["segments_info"]):
             colour = np.array(colours(segment["label_id"] % 10)[:3])
@@ -252,9 +245,7 @@ def main(argv=None) -> dict:
                 scheduler.step_update(run.completed_steps)
                 with accelerator.accumulate(model):
                     loss = model(
-                        pixel_values=data["pixel_values"],
-                        image_sizes=data["image_sizes"],
-                        labels=data["labels"],
+                        pixel_values=data["pixel_values"], image_sizes=data["image_sizes"], labels=data["labels"]
                     ).loss
                     T.backward_and_step(accelerator, model, loss, optimizer, args.clip_grad, args.clip_mode)
                 if not accelerator.sync_gradients:
@@ -267,9 +258,7 @@ def main(argv=None) -> dict:
             if run.epoch_finished and evaluate_now and not run.done:
                 record = evaluate(model, eval_dl, accelerator, processor, eval_set)
                 run.log_eval(
-                    {
-                        f"eval_{k}": v for k, v in record.items() if v is not None
-                    }  # None: no object of that size
+                    {f"eval_{k}": v for k, v in record.items() if v is not None}  # None: no object of that size
                     | {"step": run.completed_steps, "epoch": epoch + 1}
                 )
             run.epoch_done(epoch)
@@ -330,9 +319,7 @@ def main(argv=None) -> dict:
         )
         T.write_run_files(out, all_results, history, eval_history, accelerator.num_processes, batch)
         if args.num_figure_scenes:
-            write_figure(
-                unwrapped, processor, eval_set, out / "detection_examples.png", args.num_figure_scenes
-            )
+            write_figure(unwrapped, processor, eval_set, out / "detection_examples.png", args.num_figure_scenes)
         logger.info(f"held-out box AP {box:.1f}, mask AP {mask:.1f}; saved to {out}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -60,13 +60,20 @@ from pacavit.training.segmentation import (
 
 logger = get_logger(__name__)
 
+
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
 def load_data(args):
     if args.dataset_name or args.train_dir:
-        raw = load_segmentation_dataset(args.dataset_name, args.train_dir, args.validation_dir, args.image_column,
-                                        args.annotation_column, args.dataset_config_name)
+        raw = load_segmentation_dataset(
+            args.dataset_name,
+            args.train_dir,
+            args.validation_dir,
+            args.image_column,
+            args.annotation_column,
+            args.dataset_config_name,
+        )
         if not args.id2label:
             raise ValueError("Give --id2label (a JSON file {index: name}) for your classes.")
         id2label = {int(k): v for k, v in json.loads(Path(args.id2label).read_text()).items()}
@@ -95,8 +102,10 @@ def evaluate(model, dataloader, accelerator, args, id2label) -> dict:
             logits = model(batch["pixel_values"]).logits
         labels = batch["labels"]
         labels = list(labels) if isinstance(labels, list) else list(labels.unbind(0))
-        predictions = [F.interpolate(l[None], size=t.shape[-2:], mode="bilinear", align_corners=False)[0].argmax(0)
-                       for l, t in zip(logits, labels)]
+        predictions = [
+            F.interpolate(logit[None], size=label.shape[-2:], mode="bilinear", align_corners=False)[0].argmax(0)
+            for logit, label in zip(logits, labels)
+        ]
         confusion = per_image_confusion(predictions, labels, len(id2label)).to(accelerator.device)
         metric.add_confusion(accelerator.gather_for_metrics(confusion))  # drops the sampler's padding duplicates
     model.train()
@@ -123,12 +132,20 @@ def write_figure(model, dataset, transform, path: Path, count: int) -> None:
         prediction = F.interpolate(out.logits, size=size, mode="bilinear", align_corners=False)[0].argmax(0)
         panels = [("image", item["image"]), ("ground truth", sample["labels"]), ("prediction", prediction)]
         if out.head_cluster_assignments is not None:
-            panels.append(("head clusters", F.interpolate(out.head_cluster_assignments, size=size, mode="nearest")[0].argmax(0)))
+            panels.append(
+                ("head clusters", F.interpolate(out.head_cluster_assignments, size=size, mode="nearest")[0].argmax(0))
+            )
         for col, ax in enumerate(axes[row]):
             ax.axis("off")
             if col < len(panels):
                 title, value = panels[col]
-                ax.imshow(value, cmap=None if col == 0 else cmap, vmin=0, vmax=model.config.num_labels - 1, interpolation="nearest")
+                ax.imshow(
+                    value,
+                    cmap=None if col == 0 else cmap,
+                    vmin=0,
+                    vmax=model.config.num_labels - 1,
+                    interpolation="nearest",
+                )
                 if row == 0:
                     ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -156,10 +173,14 @@ def main(argv=None) -> dict:
     eval_transform = build_transform(args, len(id2label), False)
     eval_set = TransformedSegmentationDataset(raw["validation"], eval_transform, "validation")
     loader = dict(collate_fn=collate_segmentation, num_workers=args.dataloader_num_workers)
-    train_dl = torch.utils.data.DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True, **loader)
+    train_dl = torch.utils.data.DataLoader(
+        train_set, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True, **loader
+    )
     eval_dl = torch.utils.data.DataLoader(eval_set, batch_size=args.per_device_eval_batch_size, **loader)
 
-    batch = T.global_batch_size(args.per_device_train_batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
+    batch = T.global_batch_size(
+        args.per_device_train_batch_size, accelerator.num_processes, args.gradient_accumulation_steps
+    )
     lrs = T.learning_rates_from_args(args, batch)
     multipliers = head_lr_multipliers(model.config, args.head_lr_mult)  # the original's lr x10 for the heads
     optimizer = T.build_optimizer(model, args, lrs["lr"], lr_multipliers=multipliers)
@@ -183,9 +204,17 @@ def main(argv=None) -> dict:
                 run.update_done(value, T.current_lr(optimizer), epoch, data["pixel_values"].shape[0])
                 if run.done:
                     break
-            if run.epoch_finished and not run.done and args.eval_every_epochs and (epoch + 1) % args.eval_every_epochs == 0:
+            if (
+                run.epoch_finished
+                and not run.done
+                and args.eval_every_epochs
+                and (epoch + 1) % args.eval_every_epochs == 0
+            ):
                 record = evaluate(model, eval_dl, accelerator, args, id2label)
-                run.log_eval({f"eval_{k}": v for k, v in record.items() if not k.startswith("per_")} | dict(epoch=epoch + 1, step=run.completed_steps))
+                run.log_eval(
+                    {f"eval_{k}": v for k, v in record.items() if not k.startswith("per_")}
+                    | dict(epoch=epoch + 1, step=run.completed_steps)
+                )
             run.epoch_done(epoch)
         train_time = run.finish()
     completed, history, eval_history = run.completed_steps, run.history, run.eval_history
@@ -193,9 +222,14 @@ def main(argv=None) -> dict:
     results = evaluate(model, eval_dl, accelerator, args, id2label)
     unwrapped = accelerator.unwrap_model(model)
     all_results = dict(
-        eval_mean_iou=results["mean_iou"], eval_overall_accuracy=results["overall_accuracy"],
-        eval_mean_accuracy=results["mean_accuracy"], eval_per_category_iou=results["per_category_iou"],
-        eval_mode=args.eval_mode, train_time_s=train_time, completed_steps=completed, wall_time_s=T.wall_time(),
+        eval_mean_iou=results["mean_iou"],
+        eval_overall_accuracy=results["overall_accuracy"],
+        eval_mean_accuracy=results["mean_accuracy"],
+        eval_per_category_iou=results["per_category_iou"],
+        eval_mode=args.eval_mode,
+        train_time_s=train_time,
+        completed_steps=completed,
+        wall_time_s=T.wall_time(),
         all_background_mean_iou=all_background_mean_iou(
             (eval_transform(row["image"], row["annotation"])["labels"] for row in raw["validation"]), len(id2label)
         ),
@@ -209,27 +243,49 @@ def main(argv=None) -> dict:
         hardware = T.hardware_description(accelerator, num_threads)
         write_model_card(
             out / "README.md",
-            model_name=out.name, task="image-segmentation", dataset_name=dataset_label,
-            dataset_on_hub=bool(args.dataset_name), tags=["semantic-segmentation", f"{unwrapped.config.decode_head_type}-head"],
-            intro=(f"PaCa-ViT with the {unwrapped.config.decode_head_type} decode head for semantic segmentation, trained "
-                   f"with `examples/run_semantic_segmentation.py` (recipe `{args.recipe}`). Held-out mIoU "
-                   f"{100 * results['mean_iou']:.2f}, aAcc {100 * results['overall_accuracy']:.2f} ({args.eval_mode} "
-                   f"inference, at the original label resolution; predicting background everywhere gives mIoU "
-                   f"{100 * all_results['all_background_mean_iou']:.2f}).\n\n```python\nfrom transformers import pipeline\n"
-                   f"segmenter = pipeline('image-segmentation', model='{out.name}', trust_remote_code=True)\n```"),
+            model_name=out.name,
+            task="image-segmentation",
+            dataset_name=dataset_label,
+            dataset_on_hub=bool(args.dataset_name),
+            tags=["semantic-segmentation", f"{unwrapped.config.decode_head_type}-head"],
+            intro=(
+                f"PaCa-ViT with the {unwrapped.config.decode_head_type} decode head for semantic segmentation, "
+                f"trained with `examples/run_semantic_segmentation.py` (recipe `{args.recipe}`). Held-out mIoU "
+                f"{100 * results['mean_iou']:.2f}, aAcc {100 * results['overall_accuracy']:.2f} ({args.eval_mode} "
+                f"inference, at the original label resolution; predicting background everywhere gives mIoU "
+                f"{100 * all_results['all_background_mean_iou']:.2f}).\n\n"
+                "```python\nfrom transformers import pipeline\n"
+                f"segmenter = pipeline('image-segmentation', model='{out.name}', trust_remote_code=True)\n```"
+            ),
             sections={
                 "Per-class IoU": "\n".join(f"- {k}: {100 * v:.2f}" for k, v in results["per_category_iou"].items()),
-                **recipe_section(" ".join(["python", "examples/run_semantic_segmentation.py", *(argv if argv is not None else sys.argv[1:])]),
-                                 {k: getattr(args, k) for k in BASE_DEFAULTS}),
+                **recipe_section(
+                    " ".join(
+                        [
+                            "python",
+                            "examples/run_semantic_segmentation.py",
+                            *(argv if argv is not None else sys.argv[1:]),
+                        ]
+                    ),
+                    {k: getattr(args, k) for k in BASE_DEFAULTS},
+                ),
                 **hardware_section(hardware, T.wall_time(), train_time, completed),
             },
-            metrics=[CardMetric("mean_iou", results["mean_iou"], "mIoU"), CardMetric("accuracy", results["overall_accuracy"], "aAcc")],
+            metrics=[
+                CardMetric("mean_iou", results["mean_iou"], "mIoU"),
+                CardMetric("accuracy", results["overall_accuracy"], "aAcc"),
+            ],
         )
         T.write_run_files(out, all_results, history, eval_history, accelerator.num_processes, batch)
         if args.num_figure_scenes:
-            write_figure(unwrapped, raw["validation"], eval_transform, out / "segmentation_examples.png", args.num_figure_scenes)
-        logger.info(f"held-out mIoU {100 * results['mean_iou']:.2f} (all-background {100 * all_results['all_background_mean_iou']:.2f}), "
-                    f"aAcc {100 * results['overall_accuracy']:.2f}; saved to {out}")
+            write_figure(
+                unwrapped, raw["validation"], eval_transform, out / "segmentation_examples.png", args.num_figure_scenes
+            )
+        logger.info(
+            f"held-out mIoU {100 * results['mean_iou']:.2f} "
+            f"(all-background {100 * all_results['all_background_mean_iou']:.2f}), "
+            f"aAcc {100 * results['overall_accuracy']:.2f}; saved to {out}"
+        )
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return all_results

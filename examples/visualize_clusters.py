@@ -59,18 +59,14 @@ def parse_size(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", "--model_name_or_path", dest="model", help="model folder or Hub id")
     source.add_argument("--preset", help="build this preset with random weights (demo), e.g. pacavit-tiny")
     parser.add_argument(
         "--image", help="image file (any size; grayscale is converted to RGB). Default: a scikit-learn digit"
     )
-    parser.add_argument(
-        "--digit_index", type=int, default=0, help="which scikit-learn digit to use without --image"
-    )
+    parser.add_argument("--digit_index", type=int, default=0, help="which scikit-learn digit to use without --image")
     parser.add_argument("--output_dir", default="cluster_figures", help="where the PNGs and index go")
     parser.add_argument(
         "--query_patch",
@@ -85,12 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--image_size",
         type=parse_size,
         default=None,
-        help="resize the input to N (square) or H,W; default: the model's image processor, "
-        "else config.image_size",
+        help="resize the input to N (square) or H,W; default: the model's image processor, else config.image_size",
     )
-    parser.add_argument(
-        "--block", type=int, default=-1, help="block of each stage to show (default: the last)"
-    )
+    parser.add_argument("--block", type=int, default=-1, help="block of each stage to show (default: the last)")
     parser.add_argument("--num_labels", type=int, default=10, help="classes of a --preset model")
     parser.add_argument("--seed", type=int, default=0, help="seed of a --preset model's random weights")
     parser.add_argument("--dpi", type=int, default=110)
@@ -108,20 +101,14 @@ def main(argv=None) -> int:
 
     model_name, preset = args.model, args.preset
     if model_name is None and preset is None:
-        candidates = [
-            Path(DEFAULT_TRAINED_MODEL),
-            Path(__file__).resolve().parents[1] / DEFAULT_TRAINED_MODEL,
-        ]
+        candidates = [Path(DEFAULT_TRAINED_MODEL), Path(__file__).resolve().parents[1] / DEFAULT_TRAINED_MODEL]
         found = [c for c in candidates if (c / "config.json").is_file()]
         if found:
             model_name = str(found[0])
             print(f"No --model given: using the default training run's model in {model_name}.")
         else:
             preset = "pacavit-tiny"
-            print(
-                f"No --model given and no trained model in {DEFAULT_TRAINED_MODEL}: "
-                f"using a random-weight {preset}."
-            )
+            print(f"No --model given and no trained model in {DEFAULT_TRAINED_MODEL}: using a random-weight {preset}.")
 
     try:
         if preset is not None:

@@ -44,7 +44,9 @@ def test_short_and_original_names_give_the_same_config():
     assert PaCaViTConfig.from_preset("pacavit_tiny_p2cconv_100_0_downstream").depths == [2, 2, 4, 2]
 
 
-@pytest.mark.parametrize("name,rate", [("pacavit-tiny", 0.1), ("pacavit-small", 0.1), ("pacavit-base", 0.5), ("pacavit-base-teacher", 0.1)])
+@pytest.mark.parametrize(
+    "name,rate", [("pacavit-tiny", 0.1), ("pacavit-small", 0.1), ("pacavit-base", 0.5), ("pacavit-base-teacher", 0.1)]
+)
 def test_presets_carry_the_original_drop_path_rates(name, rate):
     assert PaCaViTConfig.from_preset(name).drop_path_rate == rate
 

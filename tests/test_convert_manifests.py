@@ -21,7 +21,6 @@ up in $PACAVIT_REFERENCE_DIR/manifests, else in ../shared/reference/manifests be
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -32,31 +31,13 @@ from pacavit import PaCaViTBackbone, PaCaViTConfig, PaCaViTForImageClassificatio
 from pacavit.convert import check_against_model, convert_checkpoint, convert_state_dict, extract_state_dict
 from pacavit.convert.backbone import build_backbone_config
 
+from helpers import MANIFEST_DIR, MANIFEST_IDS, MANIFESTS, expected_parameters, fake_checkpoint
+
 try:  # transformers >= 5
     from transformers.initialization import no_init_weights
 except ImportError:  # pragma: no cover - transformers 4.x
     from transformers.modeling_utils import no_init_weights
 
-
-def _manifest_dir() -> Path:
-    """$PACAVIT_REFERENCE_DIR/manifests, else ../shared/reference/manifests beside the checkout."""
-    candidates = [
-        os.environ.get("PACAVIT_REFERENCE_DIR"),
-        Path(__file__).resolve().parents[2] / "shared" / "reference",
-    ]
-    for root in candidates:
-        if root and (Path(root) / "manifests").is_dir():
-            return Path(root) / "manifests"
-    return Path(candidates[0] or candidates[1]) / "manifests"
-
-
-MANIFEST_DIR = _manifest_dir()
-MANIFESTS = (
-    sorted(MANIFEST_DIR.glob("*.json")) + sorted(MANIFEST_DIR.glob("unlinked/*.json"))
-    if MANIFEST_DIR.is_dir()
-    else []
-)
-MANIFEST_IDS = [str(p.relative_to(MANIFEST_DIR).with_suffix("")) for p in MANIFESTS]
 
 # one manifest per layout (timm / mmdet / mmseg with either head) and backbone family for the full conversion
 END_TO_END = {
@@ -79,8 +60,6 @@ pytestmark = pytest.mark.skipif(
     "(the one holding manifests/; it sits in ../shared/reference in the project workspace)",
 )
 
-# Entries that the original model registers as buffers, not parameters (the manifest's num_parameters skips them).
-_BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked", ".blur_filter")
 _DENSE_HEADS = ("decode_head.", "auxiliary_head.", "neck.", "rpn_head.", "roi_head.")
 
 
@@ -92,43 +71,13 @@ def preset_and_task(path: Path) -> tuple[str, str]:
         preset, task = match.group(1), "image-classification"
     else:
         match = re.fullmatch(
-            r"(?:mask_rcnn|pacahead|upernet)_(pacavit_.+?)_(?:mstrain_480_800_1x_coco|512x512_160k_ade20k)",
-            name,
+            r"(?:mask_rcnn|pacahead|upernet)_(pacavit_.+?)_(?:mstrain_480_800_1x_coco|512x512_160k_ade20k)", name
         )
         assert match, f"cannot tell the architecture from the manifest name {name!r}"
         preset, task = match.group(1), "backbone"
     # the dense-prediction teacher files end in `_100_0`; their builder is `pacavit_convmixer_<size>_100`
     preset = re.sub(r"^(pacavit_convmixer_(?:tiny|small|base)_100)_0$", r"\1", preset)
     return preset, task
-
-
-def fake_checkpoint(manifest: dict, device: str = "cpu") -> dict:
-    """Zero tensors with the manifest's names, shapes and dtypes, wrapped in its layout.
-
-    All tensors of one dtype are views of a single zero storage, so the checkpoint costs the memory (and, saved,
-    the disk space) of its largest tensor only. On the meta device the tensors have no data at all.
-    """
-    numel = {key: int(torch.Size(shape).numel()) for key, shape, _ in manifest["keys"]}
-    sizes: dict[str, int] = {}
-    for key, _, dtype in manifest["keys"]:
-        sizes[dtype] = max(sizes.get(dtype, 1), numel[key])
-    pools = {
-        dtype: torch.zeros(size, dtype=getattr(torch, dtype), device=device) for dtype, size in sizes.items()
-    }
-    state_dict = {key: pools[dtype][: numel[key]].view(shape) for key, shape, dtype in manifest["keys"]}
-    return state_dict if manifest["layout"] == "bare" else {"meta": {}, "state_dict": state_dict}
-
-
-def expected_parameters(manifest: dict, task: str) -> int:
-    """The manifest's parameter count minus the dense-prediction heads, which a backbone conversion drops."""
-    dropped = 0
-    if task == "backbone":
-        dropped = sum(
-            torch.Size(shape).numel()
-            for key, shape, _ in manifest["keys"]
-            if not key.startswith("backbone.") and not key.endswith(_BUFFER_SUFFIXES)
-        )
-    return manifest["num_parameters"] - dropped
 
 
 def _load(path: Path) -> tuple[dict, str, str]:
@@ -162,9 +111,7 @@ def test_manifest_keys_shapes_and_parameter_count(path):
     if task == "image-classification":
         assert not dropped, report.summary()
     else:
-        assert sorted(dropped) == sorted(k for k in state_dict if not k.startswith("backbone.")), (
-            report.summary()
-        )
+        assert sorted(dropped) == sorted(k for k in state_dict if not k.startswith("backbone.")), report.summary()
         assert all(key.startswith(_DENSE_HEADS) for key in dropped), report.summary()
 
     assert sum(p.numel() for p in model.parameters()) == expected_parameters(manifest, task)

@@ -1,19 +1,17 @@
 """mmseg checkpoint conversion (`--task semantic-segmentation`): strict on checkpoints built here from the mmseg naming
-scheme, and on the key manifests of every released ADE20K checkpoint. The parity fixtures run in test_convert.py."""
+scheme, and on the key manifests of every released ADE20K checkpoint (the parity fixtures: test_convert_parity.py)."""
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import reference_dir
-from test_convert import ORIGINAL_TINY, _original_checkpoint
-
 from pacavit import PaCaViTForSemanticSegmentation
 from pacavit.convert import ConversionError, check_against_model, convert_checkpoint, extract_state_dict, main
 from pacavit.convert.segmentation import build_segmentation_config, convert_segmentation_state_dict
+
+from helpers import ORIGINAL_TINY, original_checkpoint, reference_dir
 
 WIDTHS = ORIGINAL_TINY["arch_cfg"]["embed_dims"]  # [16, 32, 48, 64]
 C, AUX, CLASSES = 12, 8, 6
@@ -33,7 +31,10 @@ def _conv_module(prefix, out_channels, in_channels, kernel=1):
 
 def mmseg_head_keys(head: str) -> dict:
     """Head tensors named as mmseg's PaCaEncoderDecoder/EncoderDecoder state_dict() names them."""
-    keys = {"decode_head.conv_seg.weight": torch.randn(CLASSES, C, 1, 1), "decode_head.conv_seg.bias": torch.randn(CLASSES)}
+    keys = {
+        "decode_head.conv_seg.weight": torch.randn(CLASSES, C, 1, 1),
+        "decode_head.conv_seg.bias": torch.randn(CLASSES),
+    }
     if head == "paca":
         for i, width in enumerate(WIDTHS):
             keys.update(_conv_module(f"decode_head.convs.{i}", C, width))
@@ -62,20 +63,37 @@ def mmseg_head_keys(head: str) -> dict:
 
 
 def head_dicts(head: str) -> dict:
-    common = dict(in_channels=WIDTHS, in_index=[0, 1, 2, 3], channels=C, dropout_ratio=0.1, num_classes=CLASSES,
-                  norm_cfg={"type": "SyncBN", "requires_grad": True}, align_corners=False)
+    common = dict(
+        in_channels=WIDTHS,
+        in_index=[0, 1, 2, 3],
+        channels=C,
+        dropout_ratio=0.1,
+        num_classes=CLASSES,
+        norm_cfg={"type": "SyncBN", "requires_grad": True},
+        align_corners=False,
+    )
     if head == "paca":
         decode = dict(common, type="PaCaSegHead", aux_loss_decode={"type": "CrossEntropyLoss", "loss_weight": 0.4})
         return {"decode_head": decode, "auxiliary_head": None}
     decode = dict(common, type="UPerHead", pool_scales=[1, 2, 3, 6])
-    auxiliary = dict(type="FCNHead", in_channels=WIDTHS[2], in_index=2, channels=AUX, num_convs=1, concat_input=False,
-                     dropout_ratio=0.1, num_classes=CLASSES, norm_cfg={"type": "SyncBN"}, align_corners=False,
-                     loss_decode={"type": "CrossEntropyLoss", "loss_weight": 0.4})
+    auxiliary = dict(
+        type="FCNHead",
+        in_channels=WIDTHS[2],
+        in_index=2,
+        channels=AUX,
+        num_convs=1,
+        concat_input=False,
+        dropout_ratio=0.1,
+        num_classes=CLASSES,
+        norm_cfg={"type": "SyncBN"},
+        align_corners=False,
+        loss_decode={"type": "CrossEntropyLoss", "loss_weight": 0.4},
+    )
     return {"decode_head": decode, "auxiliary_head": auxiliary}
 
 
 def mmseg_checkpoint(tmp_path, head, edit=lambda sd: sd):
-    _, backbone = _original_checkpoint(tmp_path)
+    _, backbone = original_checkpoint(tmp_path)
     state_dict = {"backbone." + k: v for k, v in backbone.items() if not k.startswith("head.")}
     state_dict.update(mmseg_head_keys(head))
     path = tmp_path / f"{head}.pth"
@@ -89,8 +107,18 @@ def mmseg_checkpoint(tmp_path, head, edit=lambda sd: sd):
 @pytest.mark.parametrize("head", ["paca", "upernet"])
 def test_strict_conversion_of_an_mmseg_checkpoint(tmp_path, head, capsys):
     path, source = mmseg_checkpoint(tmp_path, head)
-    main(["--task", "semantic-segmentation", "--checkpoint", str(path), "--original-config", str(tmp_path / f"{head}.json"),
-          "--output-dir", str(tmp_path / "out")])
+    main(
+        [
+            "--task",
+            "semantic-segmentation",
+            "--checkpoint",
+            str(path),
+            "--original-config",
+            str(tmp_path / f"{head}.json"),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert f"mapped {len(source)} tensors" in capsys.readouterr().out  # every key mapped, num_batches_tracked too
     model = PaCaViTForSemanticSegmentation.from_pretrained(tmp_path / "out")
     weights = model.state_dict()
@@ -128,7 +156,9 @@ def test_head_configuration_from_shapes_equals_the_original_config(tmp_path, hea
     from pacavit.convert.backbone import build_backbone_config
     from pacavit.convert.segmentation import head_config_from_state_dict
 
-    backbone = build_backbone_config({k[9:]: v for k, v in source.items() if k.startswith("backbone.")}, "backbone", original_config=spec)
+    backbone = build_backbone_config(
+        {k[9:]: v for k, v in source.items() if k.startswith("backbone.")}, "backbone", original_config=spec
+    )
     fields = head_config_from_state_dict(source, backbone)
     for key, value in fields.items():
         assert getattr(from_json, key) == value, key
@@ -138,26 +168,43 @@ def test_head_configuration_from_shapes_equals_the_original_config(tmp_path, hea
     "edit, message",
     [
         (lambda sd: {**sd, "decode_head.mystery.weight": torch.zeros(1)}, r"decode_head\.mystery\.weight"),
-        (lambda sd: {k: v for k, v in sd.items() if k != "decode_head.k.2.running_var"},
-         r"missing from the checkpoint \(1\): \['decode_head\.key\.batch_norm\.running_var'\]"),
+        (
+            lambda sd: {k: v for k, v in sd.items() if k != "decode_head.k.2.running_var"},
+            r"missing from the checkpoint \(1\): \['decode_head\.key\.batch_norm\.running_var'\]",
+        ),
         (lambda sd: {**sd, "decode_head.conv_seg.weight": torch.zeros(CLASSES, C + 1, 1, 1)}, "shape mismatches"),
-        (lambda sd: {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")} | {
-            k: v for k, v in sd.items() if not k.startswith("backbone.")}, "No 'backbone.' keys"),
+        (
+            lambda sd: (
+                {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+                | {k: v for k, v in sd.items() if not k.startswith("backbone.")}
+            ),
+            "No 'backbone.' keys",
+        ),
     ],
     ids=["unknown_key", "missing_key", "shape", "no_backbone_prefix"],
 )
 def test_conversion_errors_name_the_keys(tmp_path, edit, message):
     path, _ = mmseg_checkpoint(tmp_path, "paca", edit)
     with pytest.raises(ConversionError, match=message):
-        convert_checkpoint(path, tmp_path / "out", task="semantic-segmentation",
-                           original_config=json.loads((tmp_path / "paca.json").read_text()), verbose=False)
+        convert_checkpoint(
+            path,
+            tmp_path / "out",
+            task="semantic-segmentation",
+            original_config=json.loads((tmp_path / "paca.json").read_text()),
+            verbose=False,
+        )
 
 
 def test_missing_head_field_is_an_error(tmp_path):
     path, _ = mmseg_checkpoint(tmp_path, "paca")
     with pytest.raises(ConversionError, match="no 'head' field"):
-        convert_checkpoint(path, tmp_path / "out", task="semantic-segmentation",
-                           original_config={"original_constructor": ORIGINAL_TINY}, verbose=False)
+        convert_checkpoint(
+            path,
+            tmp_path / "out",
+            task="semantic-segmentation",
+            original_config={"original_constructor": ORIGINAL_TINY},
+            verbose=False,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,13 +222,18 @@ MANIFESTS = sorted(
 def test_released_ade20k_checkpoints_convert_strictly(path, head_source):
     manifest = json.loads(path.read_text())
     state_dict = extract_state_dict(
-        {"meta": {}, "state_dict": {k: torch.empty(s, dtype=getattr(torch, d), device="meta") for k, s, d in manifest["keys"]}}
+        {
+            "meta": {},
+            "state_dict": {k: torch.empty(s, dtype=getattr(torch, d), device="meta") for k, s, d in manifest["keys"]},
+        }
     )
     preset = re.sub(r"_downstream$", "", manifest["backbone_type"])
     preset = re.sub(r"^(pacavit_convmixer_(?:tiny|small|base)_100)_0$", r"\1", preset)
     original = manifest if head_source == "manifest_head_dicts" else None
     config = build_segmentation_config(state_dict, preset, original)
-    assert config.num_labels == 150 and config.decode_head_type == ("paca" if "PaCaSeg" in manifest["decode_head"]["type"] else "upernet")
+    assert config.num_labels == 150 and config.decode_head_type == (
+        "paca" if "PaCaSeg" in manifest["decode_head"]["type"] else "upernet"
+    )
     converted, report = convert_segmentation_state_dict(state_dict, config)
     assert report.mapped == len(state_dict) and not report.dropped, report.summary()
     with torch.device("meta"):

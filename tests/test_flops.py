@@ -60,9 +60,7 @@ def test_attention_matmuls_counted():
     from pacavit import PaCaViTConfig, PaCaViTForImageClassification
 
     with torch.device("meta"):
-        model = PaCaViTForImageClassification(
-            PaCaViTConfig.from_preset("pacavit-tiny", num_labels=1000)
-        ).eval()
+        model = PaCaViTForImageClassification(PaCaViTConfig.from_preset("pacavit-tiny", num_labels=1000)).eval()
     assert model.config._attn_implementation == "sdpa"
     sdpa_macs = flops.count_strict_macs(model, torch.empty(1, 3, 224, 224, device="meta"))
     assert model.config._attn_implementation == "sdpa"  # restored

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
 from transformers.testing_utils import slow
 
 from pacavit import PaCaViTBackbone, PaCaViTForImageClassification
@@ -21,6 +20,8 @@ from pacavit.graph_export import (
     onnx_outputs,
     program_outputs,
 )
+
+from helpers import tiny_config
 
 # sizes the graph never saw (it was traced at 2x3x96x128): other batch, odd and non-square, not multiples of 32
 INPUTS = [(1, 97, 131), (3, 64, 40), (1, 224, 224)]
@@ -44,8 +45,6 @@ def _check_program(model):
 
 
 def _check_onnx(model, program, tmp_path):
-    pytest.importorskip("onnxscript", reason="ONNX export needs the `onnx` extra (onnx, onnxscript)")
-    pytest.importorskip("onnxruntime", reason="checking the ONNX file needs onnxruntime (the `onnx` extra)")
     path = export_onnx(model, tmp_path / "model.onnx", program)
     for b, h, w in INPUTS:
         x = torch.randn(b, 3, h, w)

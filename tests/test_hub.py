@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_config
 
 import pacavit
 from pacavit import PaCaViTForImageClassification
@@ -33,7 +32,19 @@ from pacavit.hub import (
 )
 from pacavit.hub.releases import RELEASES, card_name, hub_id
 
+from helpers import REPO_ROOT, tiny_config, tiny_maskrcnn
+
 CARDS = REPO_ROOT / "model_cards"
+
+# what an exported classifier folder holds: weights, config, processor, card and its remote code
+CLASSIFIER_FOLDER_FILES = {
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "configuration_pacavit.py",
+    "modeling_pacavit.py",
+}
 
 
 def _classifier_folder(path: Path) -> Path:
@@ -46,7 +57,7 @@ def _segmentation_folder(path: Path, head: str) -> Path:
     from pacavit.preprocessing import segmentation_image_processor
 
     config = PaCaViTSegmentationConfig(
-        **tiny_config().to_diff_dict() | dict(num_labels=4, decode_head_type=head, decode_head_hidden_size=16),
+        **tiny_config().to_diff_dict() | dict(num_labels=4, decode_head_type=head, decode_head_hidden_size=16)
     )
     PaCaViTForSemanticSegmentation(config).save_pretrained(path)
     segmentation_image_processor().save_pretrained(path)
@@ -54,11 +65,7 @@ def _segmentation_folder(path: Path, head: str) -> Path:
 
 
 def _maskrcnn_folder(path: Path) -> Path:
-    if not hasattr(pacavit, "PaCaViTForInstanceSegmentation"):
-        pytest.skip("the Mask R-CNN model (issue 10) is not in pacavit yet")
-    from test_maskrcnn import tiny_model  # the Mask R-CNN tests' stand-in
-
-    tiny_model().save_pretrained(path)
+    tiny_maskrcnn().save_pretrained(path)
     return path
 
 
@@ -74,10 +81,7 @@ def exported(tmp_path_factory):
 
 def test_export_classifier(exported):
     files = set(files_to_upload(exported))
-    assert files == {
-        "README.md", "config.json", "model.safetensors", "preprocessor_config.json",
-        "configuration_pacavit.py", "modeling_pacavit.py",
-    }
+    assert files == CLASSIFIER_FOLDER_FILES
     auto_map = json.loads((exported / "config.json").read_text())["auto_map"]
     assert auto_map == {
         "AutoConfig": "configuration_pacavit.PaCaViTConfig",
@@ -93,7 +97,9 @@ def test_export_classifier(exported):
 def test_export_segmentation(head, tmp_path):
     out = export_folder(_segmentation_folder(tmp_path / "src", head), tmp_path / "export")
     auto_map = json.loads((out / "config.json").read_text())["auto_map"]
-    assert auto_map["AutoModelForSemanticSegmentation"] == "modeling_pacavit_segmentation.PaCaViTForSemanticSegmentation"
+    assert (
+        auto_map["AutoModelForSemanticSegmentation"] == "modeling_pacavit_segmentation.PaCaViTForSemanticSegmentation"
+    )
     assert auto_map == auto_map_for(pacavit.PaCaViTSegmentationConfig)
     assert {"configuration_pacavit_segmentation.py", "modeling_pacavit.py"} <= set(files_to_upload(out))
     assert check_remote_code(out) == []
@@ -121,10 +127,7 @@ def test_export_training_output_keeps_its_card_and_leaves_artifacts_out(tmp_path
         (src / artifact).write_text("x")
     out = export_folder(src, tmp_path / "export")
     assert (out / "README.md").read_text().endswith("# my run\n")
-    assert set(files_to_upload(out)) == {
-        "README.md", "config.json", "model.safetensors", "preprocessor_config.json",
-        "configuration_pacavit.py", "modeling_pacavit.py",
-    }
+    assert set(files_to_upload(out)) == CLASSIFIER_FOLDER_FILES
     assert json.loads((out / "preprocessor_config.json").read_text()) == json.loads(
         (src / "preprocessor_config.json").read_text()
     )
@@ -159,8 +162,13 @@ def test_install_layout_is_huggingface_hubs_and_idempotent(exported, tmp_path):
     repo = tmp_path / "models--ivmcl--pacavit-base"
     assert (repo / "refs" / "main").read_text() == snapshot.name and len(snapshot.name) == 40
     assert sorted(p.name for p in snapshot.iterdir()) == files_to_upload(exported)
-    assert all((snapshot / f).is_symlink() and (snapshot / f).resolve().parent == repo / "blobs" for f in files_to_upload(exported))
-    assert try_to_load_from_cache("ivmcl/pacavit-base", "config.json", cache_dir=tmp_path) == str(snapshot / "config.json")
+    assert all(
+        (snapshot / f).is_symlink() and (snapshot / f).resolve().parent == repo / "blobs"
+        for f in files_to_upload(exported)
+    )
+    assert try_to_load_from_cache("ivmcl/pacavit-base", "config.json", cache_dir=tmp_path) == str(
+        snapshot / "config.json"
+    )
     info = scan_cache_dir(tmp_path)
     [cached] = info.repos
     assert cached.repo_id == "ivmcl/pacavit-base" and not info.warnings
@@ -212,7 +220,8 @@ _CLEAN_PROCESS = textwrap.dedent(
     x = torch.load(sys.argv[1], weights_only=True)
     with torch.no_grad():
         report["max_abs_diff"] = (model(x["pixel_values"]).logits - x["logits"]).abs().max().item()
-    report["pipeline"] = pipeline("image-classification", model=repo, trust_remote_code=True)(Image.new("RGB", (40, 30)))[0]
+    classify = pipeline("image-classification", model=repo, trust_remote_code=True)
+    report["pipeline"] = classify(Image.new("RGB", (40, 30)))[0]
     report["snippets"] = {}
     for card in json.loads(sys.argv[2]):
         out = io.StringIO()
@@ -240,24 +249,20 @@ def test_remote_code_and_every_card_snippet_in_a_clean_process(exported, tmp_pat
     with torch.no_grad():
         torch.save({"pixel_values": pixel_values, "logits": model(pixel_values).logits}, tmp_path / "io.pt")
 
-    templates, snippets, skipped = {}, [], []
+    templates, snippets = {}, []
     for release in RELEASES:
         snippet = _snippet(CARDS / card_name(release))
         template = snippet.replace(hub_id(release), "{repo}")
         assert template.count("{repo}") == 1 and hub_id(release) not in template, card_name(release)
         kind = release["section"]
         assert templates.setdefault(kind, template) == template, f"{card_name(release)} differs from its task's"
-        if len(templates) == len(snippets) + len(skipped):
+        if len(templates) == len(snippets):
             continue  # this task's template is already scheduled
-        try:
-            if kind == "imagenet":
-                stand_in = exported
-            else:
-                args = (release["head"],) if kind == "ade20k" else ()
-                stand_in = export_folder(STAND_INS[kind](tmp_path / f"src-{kind}", *args), tmp_path / f"export-{kind}")
-        except pytest.skip.Exception as reason:
-            skipped.append(f"{kind}: {reason}")
-            continue
+        if kind == "imagenet":
+            stand_in = exported
+        else:
+            args = (release["head"],) if kind == "ade20k" else ()
+            stand_in = export_folder(STAND_INS[kind](tmp_path / f"src-{kind}", *args), tmp_path / f"export-{kind}")
         install_to_cache(stand_in, hub_id(release), cache_dir=cache)
         path = tmp_path / f"snippet-{card_name(release)}.py"
         path.write_text(snippet)
@@ -267,7 +272,11 @@ def test_remote_code_and_every_card_snippet_in_a_clean_process(exported, tmp_pat
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
         [sys.executable, "-c", _CLEAN_PROCESS, str(tmp_path / "io.pt"), json.dumps(snippets)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.split("REPORT", 1)[1])
@@ -276,8 +285,6 @@ def test_remote_code_and_every_card_snippet_in_a_clean_process(exported, tmp_pat
     assert report["max_abs_diff"] < 1e-5 and set(report["pipeline"]) == {"label", "score"}
     assert len(report["snippets"]) == len(snippets) and all(out.strip() for out in report["snippets"].values())
     assert len(templates) == 3
-    if skipped:
-        pytest.skip(f"snippet templates not run: {skipped}")
 
 
 def test_push_dry_run_offline_and_mocked_upload(exported, monkeypatch, capsys):

@@ -2,6 +2,7 @@
 
 import math
 
+import evaluate
 import pytest
 import torch
 
@@ -35,7 +36,7 @@ def test_per_image_matrices_sum_like_one_pass_over_any_split():
     split.add_confusion(per_image_confusion(predictions[:2], labels[:2], 5))
     split.add_confusion(per_image_confusion(predictions[2:], labels[2:], 5))
     assert torch.equal(whole.confusion, split.confusion)
-    assert whole.confusion.sum() == sum(int((l != 255).sum()) for l in labels)
+    assert whole.confusion.sum() == sum(int((label != 255).sum()) for label in labels)
 
 
 def test_shape_and_value_errors():
@@ -46,7 +47,6 @@ def test_shape_and_value_errors():
 
 
 def test_evaluate_module_gives_the_same_numbers():
-    evaluate = pytest.importorskip("evaluate")
     metric = evaluate.load(EVALUATE_MODULE)
     result = metric.compute(predictions=[PREDICTIONS.numpy()], references=[LABELS.numpy()], num_labels=4)
     assert result["mean_iou"] == pytest.approx(1 / 3) and result["overall_accuracy"] == pytest.approx(0.6)

@@ -2,10 +2,11 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_config
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
 
 from pacavit import PaCaViTBackbone, PaCaViTConfig, PaCaViTForImageClassification, PaCaViTModel
+
+from helpers import tiny_config
 
 # Every architectural switch of the original, at tiny widths.
 VARIANTS = {
@@ -15,8 +16,12 @@ VARIANTS = {
     "blockwise": dict(num_clusters=[8, 8, 8, 8], clustering_schedule=[1, 1, 1, 1]),
     "every-2": dict(depths=[3, 1, 3, 1], clustering_schedule=[2, 2, 2, 2]),
     "teacher": dict(use_clustering_teacher=True, num_clusters=[8, 8, 8, 8], teacher_depths=[1, 1, 1, 1]),
-    "teacher-last-stage-plain": dict(use_clustering_teacher=True, num_clusters=[8, 8, 8, 0], teacher_depths=[1, 1, 1, 1]),
-    "position-embeddings": dict(use_absolute_position_embeddings=True, image_size=64, cluster_position_embeddings=True),
+    "teacher-last-stage-plain": dict(
+        use_clustering_teacher=True, num_clusters=[8, 8, 8, 0], teacher_depths=[1, 1, 1, 1]
+    ),
+    "position-embeddings": dict(
+        use_absolute_position_embeddings=True, image_size=64, cluster_position_embeddings=True
+    ),
     "layer-scale-post-norm": dict(layer_scale_init_value=1e-5, norm_placement="post"),
     "sub-norm-no-shortcut": dict(norm_placement="sub", mlp_dwconv_shortcut=False, cluster_layer_norm=False),
     "no-dwconv": dict(mlp_dwconv=False),
@@ -112,7 +117,9 @@ def test_classifier_loss_and_return_dict_false():
 
 def test_wrong_channel_count_is_explained():
     model = build()
-    with pytest.raises(ValueError, match=r"Expected pixel_values of shape \(batch, 3, height, width\), got \(1, 1, 64, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"Expected pixel_values of shape \(batch, 3, height, width\), got \(1, 1, 64, 64\)"
+    ):
         model(torch.randn(1, 1, 64, 64))
 
 
@@ -175,7 +182,6 @@ def test_transformers_upernet_uses_the_backbone():
 
 
 def test_xformers_backend_is_explained_when_missing():
-    pytest.importorskip("torch")
     try:
         import xformers  # noqa: F401
 
@@ -286,9 +292,14 @@ def test_group_matcher_gives_timm_layer_decay_one_group_per_block():
     assert by_name["classifier.weight"] == pytest.approx(1.0)
     stem = by_name["pacavit.embeddings.projection.0.weight"]
     assert stem == by_name["pacavit.clustering_teacher.to_clusters.0.weight"] == pytest.approx(0.5**6)
-    assert by_name["pacavit.stages.1.downsample.projection.weight"] == by_name["pacavit.stages.1.layers.0.mlp.fc1.weight"]
+    assert (
+        by_name["pacavit.stages.1.downsample.projection.weight"] == by_name["pacavit.stages.1.layers.0.mlp.fc1.weight"]
+    )
     assert "pacavit.stages.0.layers.0.position_embeddings" not in by_name  # this variant has none
     with_positions = build(variant="position-embeddings")
     absolute = {f"pacavit.stages.{i}.layers.0.position_embeddings" for i in range(4)}
-    clusters = {f"pacavit.stages.{i}.layers.{j}.attention.cluster_position_embeddings" for i, j in [(0, 0), (1, 0), (2, 0), (2, 1)]}
+    clusters = {
+        f"pacavit.stages.{i}.layers.{j}.attention.cluster_position_embeddings"
+        for i, j in [(0, 0), (1, 0), (2, 0), (2, 1)]
+    }
     assert with_positions.no_weight_decay() == absolute | clusters

@@ -6,15 +6,28 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForSemanticSegmentation, SegformerImageProcessor, UperNetConfig, UperNetForSemanticSegmentation
+from transformers import (
+    AutoModelForSemanticSegmentation,
+    SegformerImageProcessor,
+    UperNetConfig,
+    UperNetForSemanticSegmentation,
+)
 
-from conftest import TINY
-from pacavit import PaCaViTConfig, PaCaViTForImageClassification, PaCaViTForSemanticSegmentation, PaCaViTSegmentationConfig
+from pacavit import (
+    PaCaViTConfig,
+    PaCaViTForImageClassification,
+    PaCaViTForSemanticSegmentation,
+    PaCaViTSegmentationConfig,
+)
+from pacavit.modeling_pacavit_segmentation import slide_inference
+
+from helpers import TINY
 
 HEADS = ["paca", "upernet"]
 
@@ -240,3 +253,37 @@ def test_from_pretrained_backbone_reinitialises_only_changed_cluster_layers(tmp_
     # a change beyond the cluster counts is an error, not a silent re-initialisation
     with pytest.raises(ValueError, match="beyond the cluster counts"):
         PaCaViTForSemanticSegmentation.from_pretrained_backbone(tmp_path, num_labels=5, mlp_ratios=[2, 2, 2, 2])
+
+
+class _PerPixelModel(torch.nn.Module):
+    """Logits equal to the input at full resolution, so slide inference must give the input back exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.windows = []
+
+    def forward(self, pixel_values):
+        self.windows.append(tuple(pixel_values.shape[-2:]))
+        return SimpleNamespace(logits=pixel_values * 1.0)
+
+
+def test_slide_inference_covers_every_pixel_once_averaged_on_mmseg_grid():
+    model = _PerPixelModel()
+    pixel_values = torch.randn(2, 3, 50, 37)
+    out = slide_inference(model, pixel_values, crop_size=16, stride=10)
+    torch.testing.assert_close(out, pixel_values)  # every window's value, averaged over overlaps
+    # mmseg's grid: ceil((H - crop) / stride) + 1 rows, the last window flush with the border, all full crops
+    assert len(model.windows) == 5 * 4 and set(model.windows) == {(16, 16)}
+    model.windows.clear()
+    slide_inference(model, torch.randn(1, 3, 12, 40), crop_size=16)  # default stride 2/3 of the crop (10)
+    assert model.windows == [(12, 16)] * 4  # a side shorter than the crop is one window of that side
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_slide_inference_with_one_window_is_the_upsampled_whole_image(head):
+    model = PaCaViTForSemanticSegmentation(seg_config(head)).eval()
+    pixel_values = torch.randn(1, 3, 40, 52)
+    with torch.no_grad():
+        whole = torch.nn.functional.interpolate(model(pixel_values).logits, size=(40, 52), mode="bilinear")
+        slid = slide_inference(model, pixel_values, crop_size=64)
+    torch.testing.assert_close(slid, whole)

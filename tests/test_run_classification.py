@@ -39,58 +39,21 @@ from pacavit.training.classification import (
     parse_args,
 )
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from helpers import REPO_ROOT, TINY_BACKBONE_FLAGS, tiny_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 SCRIPT = REPO / "examples" / "run_classification.py"
 
 # A tiny PaCa-ViT at 16x16: every run below trains in a few seconds on 2 CPU cores.
 TINY = [
-    "--hidden_sizes",
-    "16",
-    "32",
-    "48",
-    "64",
-    "--num_attention_heads",
-    "1",
-    "1",
-    "2",
-    "2",
-    "--depths",
-    "1",
-    "1",
-    "1",
-    "1",
-    "--num_clusters",
-    "8",
-    "8",
-    "8",
-    "0",
-    "--image_size",
-    "16",
-    "--per_device_eval_batch_size",
-    "64",
-    "--max_eval_samples",
-    "64",
-    "--pipeline_eval_samples",
-    "0",
-    "--eval_every_epochs",
-    "0",
-    "--logging_steps",
-    "5",
-]
+    *TINY_BACKBONE_FLAGS, "--image_size", "16", "--per_device_eval_batch_size", "64", "--max_eval_samples", "64",
+    "--pipeline_eval_samples", "0", "--eval_every_epochs", "0", "--logging_steps", "5",
+]  # fmt: skip
 
 
 def subprocess_env(**extra) -> dict:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("ACCELERATE_", "LOCAL_", "RANK", "WORLD_SIZE"))
-    }
-    env.update(
-        HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1"
-    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_", "RANK", "WORLD_SIZE"))}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
 
@@ -116,8 +79,7 @@ def run_script(
     )
     if check and result.returncode != 0:
         raise AssertionError(
-            f"{' '.join(command)} failed ({result.returncode}):\n"
-            f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
         )
     return result
 
@@ -269,11 +231,9 @@ def test_learning_rate_scaling_arithmetic():
 
 
 def tiny_model(num_labels=10):
-    from pacavit import PaCaViTConfig, PaCaViTForImageClassification
+    from pacavit import PaCaViTForImageClassification
 
-    config = PaCaViTConfig.from_preset(
-        "pacavit-tiny",
-        hidden_sizes=[16, 32, 48, 64],
+    config = tiny_config(
         num_attention_heads=[1, 1, 2, 2],
         depths=[1, 2, 1, 1],
         num_clusters=[8, 8, 8, 0],
@@ -311,9 +271,7 @@ def test_layer_wise_lr_decay_groups_and_scheduler_applies_scales():
     num_blocks = 5  # depths 1 + 2 + 1 + 1
     num_groups = 1 + num_blocks + 1  # stem, blocks, head
     assert scale_of[id(names["classifier.weight"])] == 1.0
-    assert scale_of[id(names["pacavit.embeddings.projection.0.weight"])] == pytest.approx(
-        0.5 ** (num_groups - 1)
-    )
+    assert scale_of[id(names["pacavit.embeddings.projection.0.weight"])] == pytest.approx(0.5 ** (num_groups - 1))
     first = scale_of[id(names["pacavit.stages.0.layers.0.attention.query.weight"])]
     second = scale_of[id(names["pacavit.stages.1.layers.0.attention.query.weight"])]
     last = scale_of[id(names["pacavit.stages.3.layers.0.attention.query.weight"])]
@@ -345,8 +303,7 @@ def test_cosine_schedule_with_warmup_in_updates():
     assert lr_at(0) == pytest.approx(1e-6)  # the scaled warmup lr
     assert lr_at(25) == pytest.approx(1e-6 + 25 * (1e-3 - 1e-6) / 50)  # linear warmup over 5 epochs
     assert lr_at(50) == pytest.approx(
-        1e-3 * 0.5 * (1 + np.cos(np.pi * 50 / total)) + 1e-5 * 0.5 * (1 - np.cos(np.pi * 50 / total)),
-        rel=1e-6,
+        1e-3 * 0.5 * (1 + np.cos(np.pi * 50 / total)) + 1e-5 * 0.5 * (1 - np.cos(np.pi * 50 / total)), rel=1e-6
     )
     assert lr_at(total // 2) == pytest.approx((1e-3 + 1e-5) / 2, rel=1e-6)
     assert lr_at(total - 1) == pytest.approx(1e-5, rel=1e-2)
@@ -361,12 +318,7 @@ def test_paper_recipe_augmentation_mixup_and_losses():
     paper = parse_args(["--recipe", "paper_in1k"])
     mixup = build_mixup(paper, 1000)
     assert isinstance(mixup, Mixup)
-    assert (mixup.mixup_alpha, mixup.cutmix_alpha, mixup.switch_prob, mixup.label_smoothing) == (
-        0.8,
-        1.0,
-        0.5,
-        0.1,
-    )
+    assert (mixup.mixup_alpha, mixup.cutmix_alpha, mixup.switch_prob, mixup.label_smoothing) == (0.8, 1.0, 0.5, 0.1)
     assert isinstance(build_criterion(paper, mixup), SoftTargetCrossEntropy)
     transform = repr(build_train_transform(paper))
     assert "RandomResizedCropAndInterpolation" in transform and "bicubic" in transform
@@ -458,13 +410,7 @@ def default_run(tmp_path_factory):
 @pytest.mark.slow
 def test_default_run_writes_hub_ready_folder(default_run):
     out = default_run
-    for name in (
-        "model.safetensors",
-        "config.json",
-        "preprocessor_config.json",
-        "README.md",
-        "all_results.json",
-    ):
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "all_results.json"):
         assert (out / name).is_file(), name
     results = json.loads((out / "all_results.json").read_text())
     assert results["completed_steps"] == 4 and results["world_size"] == 1
@@ -545,9 +491,7 @@ def test_sigkill_after_checkpoint_then_resume_latest_is_bitwise_equal(tmp_path):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     run_script([*RESUME_ARGS, "--output_dir", str(reference)])
 
-    for attempt in range(
-        2
-    ):  # a second try only if the machine was so slow that the run finished before the kill
+    for _attempt in range(2):  # a second try only if the machine was so slow that the run finished before the kill
         shutil.rmtree(interrupted, ignore_errors=True)
         process = start_script([*RESUME_ARGS, "--output_dir", str(interrupted)])
         deadline = time.time() + 240
@@ -609,10 +553,7 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path):
     assert "Stopped on request; resumable checkpoint" in stderr
     latest = find_latest_checkpoint(out)
     state = json.loads((latest / TRAINING_STATE).read_text())
-    assert (
-        latest.name == f"step_{state['completed_steps']}"
-        and len(state["history"]) == state["completed_steps"]
-    )
+    assert latest.name == f"step_{state['completed_steps']}" and len(state["history"]) == state["completed_steps"]
     assert not (out / "model.safetensors").exists() and not list(out.glob(".tmp_*"))
 
 
@@ -658,9 +599,7 @@ def test_two_process_ddp_matches_one_process_with_same_global_batch(tmp_path):
     assert ddp["distributed_type"] == "DistributedType.MULTI_CPU"
     assert single["world_size"] == 1 and ddp["global_batch_size"] == single["global_batch_size"] == 16
     ddp_losses = [h["loss"] for h in json.loads((tmp_path / "ddp" / "train_log.json").read_text())["history"]]
-    single_losses = [
-        h["loss"] for h in json.loads((tmp_path / "single" / "train_log.json").read_text())["history"]
-    ]
+    single_losses = [h["loss"] for h in json.loads((tmp_path / "single" / "train_log.json").read_text())["history"]]
     assert len(ddp_losses) == len(single_losses) == 6
     np.testing.assert_allclose(ddp_losses, single_losses, rtol=0, atol=1e-5)
     assert ddp_losses[0] != ddp_losses[-1]  # it trained

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 
-pytest.importorskip("pycocotools")
-
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "run_instance_segmentation.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("run_instance_segmentation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_script
 
 
 def test_default_script_end_to_end(tmp_path):
@@ -28,7 +14,7 @@ def test_default_script_end_to_end(tmp_path):
     from PIL import Image
     from transformers import pipeline
 
-    script = _load_script()
+    script = load_script("run_instance_segmentation.py")
     out = tmp_path / "run"
     try:
         results = script.main(

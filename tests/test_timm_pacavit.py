@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
-from conftest import TINY
 
-timm = pytest.importorskip("timm", reason="timm is an optional dependency of pacavit")
+import pacavit  # noqa: F401  (registers the timm entry points)
+from pacavit import PaCaViTConfig, PaCaViTForImageClassification, list_presets
+from pacavit.timm_pacavit import PaCaViT, checkpoint_filter_fn, timm_name
 
-import pacavit  # noqa: E402  (registers the timm entry points)
-from pacavit import PaCaViTConfig, PaCaViTForImageClassification, list_presets  # noqa: E402
-from pacavit.timm_pacavit import PaCaViT, checkpoint_filter_fn, timm_name  # noqa: E402
+from helpers import TINY
 
 
 def _pair(preset="pacavit-tiny", **overrides):
@@ -108,11 +108,17 @@ def test_pretrained_from_an_installed_hub_export(tmp_path, monkeypatch):
 
     hf, _ = _pair()
     hf.save_pretrained(tmp_path / "src")
-    install_to_cache(export_folder(tmp_path / "src", tmp_path / "export"), "ivmcl/test-tiny", cache_dir=tmp_path / "hub")
+    install_to_cache(
+        export_folder(tmp_path / "src", tmp_path / "export"), "ivmcl/test-tiny", cache_dir=tmp_path / "hub"
+    )
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     # the cfg's num_classes must match the weights, else timm (by design) drops the head and re-initialises it
     tm = timm.create_model(
-        "pacavit_tiny", pretrained=True, num_classes=7, pretrained_cfg_overlay=dict(hf_hub_id="ivmcl/test-tiny", num_classes=7), **TINY
+        "pacavit_tiny",
+        pretrained=True,
+        num_classes=7,
+        pretrained_cfg_overlay=dict(hf_hub_id="ivmcl/test-tiny", num_classes=7),
+        **TINY,
     ).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

@@ -32,9 +32,7 @@ def test_explicit_flag_beats_recipe_beats_base_defaults():
     assert args.explicit_flags == []
     args = parser.parse_args(["--recipe", "paper"])
     assert (args.image_size, args.crop_pct, args.num_train_epochs, args.lr_base) == (224, 0.9, 300, 1e-3)
-    args = parser.parse_args(
-        ["--recipe", "paper", "--crop_pct", "1.0", "--lr_base", "0.5", "--image_size", "64"]
-    )
+    args = parser.parse_args(["--recipe", "paper", "--crop_pct", "1.0", "--lr_base", "0.5", "--image_size", "64"])
     assert (args.crop_pct, args.lr_base, args.image_size, args.num_train_epochs) == (1.0, 0.5, 64, 300)
     assert args.explicit_flags == ["crop_pct", "image_size", "lr_base"]
     # the shared flags' own defaults
@@ -70,9 +68,9 @@ def test_validate_training_args():
     parser = make_parser()
     args = validate_training_args(parser.parse_args(["--checkpointing_steps", "5", "--clip_grad", "0"]))
     assert args.checkpointing_steps == 5 and args.clip_grad is None
-    assert validate_training_args(
-        parser.parse_args(["--checkpointing_steps", "epoch"])
-    ).checkpointing_steps == ("epoch")
+    assert validate_training_args(parser.parse_args(["--checkpointing_steps", "epoch"])).checkpointing_steps == (
+        "epoch"
+    )
     for bad, match in (
         (["--checkpointing_steps", "often"], "positive integer or 'epoch'"),
         (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps"),

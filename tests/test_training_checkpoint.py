@@ -26,15 +26,6 @@ from pacavit.training import (
 )
 
 
-@pytest.fixture()
-def fresh_accelerate_state():
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 def fake_checkpoint(root: Path, name: str, steps: int | None) -> Path:
     (root / name).mkdir(parents=True)
     if steps is not None:
@@ -121,9 +112,7 @@ def test_output_dir_guard(tmp_path):
     check_output_dir(tmp_path, overwrite=False, resuming=False)
     fake_checkpoint(tmp_path, "step_10", 10)
     (tmp_path / "all_results.json").write_text("{}")
-    with pytest.raises(
-        FileExistsError, match="already holds a run.*all_results.json.*--overwrite_output_dir"
-    ):
+    with pytest.raises(FileExistsError, match="already holds a run.*all_results.json.*--overwrite_output_dir"):
         check_output_dir(tmp_path, overwrite=False, resuming=False)
     check_output_dir(tmp_path, overwrite=False, resuming=True)
     assert (tmp_path / "step_10").exists()
@@ -140,7 +129,8 @@ def test_latest_into_a_finished_run_without_checkpoints_is_refused(tmp_path):
     with pytest.raises(
         NoCheckpointError,
         match=r"latest: --output_dir '.*' holds a run \(all_results.json, model.safetensors\) but no complete "
-        r"checkpoint .* to resume from.*Drop --resume_from_checkpoint and pass --overwrite_output_dir.*another --output_dir",
+        r"checkpoint .* to resume from.*Drop --resume_from_checkpoint and pass --overwrite_output_dir"
+        r".*another --output_dir",
     ):
         resolve_resume_path("latest", str(tmp_path))
     assert resolve_resume_path("latest", str(tmp_path), overwrite=True) is None
@@ -182,7 +172,9 @@ def test_resume_restores_registered_state_and_refuses_pickles_that_run_code(tmp_
         original = (path / name).read_bytes()
         (path / name).write_bytes(pickle.dumps({"weight": _Touch(marker)}, protocol=2))
         message = rf"Refusing to resume from .*step_1: {name} is a pickle that needs code to load \(.*GLOBAL getattr"
-        with pytest.raises(UnsafeCheckpointError, match=message + r" was not an allowed global by default\); Accelerate would"):
+        with pytest.raises(
+            UnsafeCheckpointError, match=message + r" was not an allowed global by default\); Accelerate would"
+        ):
             load_checkpoint(accelerator, path)
         assert not marker.exists()  # nothing of it ran
         (path / name).write_bytes(original)

@@ -9,22 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pacavit.training import (
-    NonFiniteLossError,
-    StopOnSignal,
-    TrainingProgress,
-    check_finite_loss,
-    epoch_batches,
-)
-
-
-@pytest.fixture()
-def fresh_accelerate_state():
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+from pacavit.training import NonFiniteLossError, StopOnSignal, TrainingProgress, check_finite_loss, epoch_batches
 
 
 def test_non_finite_loss_stops_naming_the_update():
@@ -47,9 +32,7 @@ def test_sigterm_is_remembered_until_the_loop_checks():
         assert stop.requested(one_process) and stop.received == signal.SIGTERM
         ended = []
         with pytest.raises(SystemExit) as exit_info:
-            stop.exit(
-                SimpleNamespace(is_main_process=True, end_training=lambda: ended.append(True)), "step_5"
-            )
+            stop.exit(SimpleNamespace(is_main_process=True, end_training=lambda: ended.append(True)), "step_5")
         assert exit_info.value.code == 143 and ended == [True]
     finally:
         stop.close()
@@ -67,8 +50,7 @@ def test_epoch_batches_resume_mid_epoch_replays_batches_and_step_seeds(fresh_acc
 
     def run(epoch, skip):
         return [
-            (i, b[0].tolist(), torch.rand(2).tolist())
-            for i, b in epoch_batches(accelerator, loader, epoch, 7, skip)
+            (i, b[0].tolist(), torch.rand(2).tolist()) for i, b in epoch_batches(accelerator, loader, epoch, 7, skip)
         ]
 
     full, resumed = run(1, 0), run(1, 6)

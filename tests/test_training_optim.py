@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from pacavit.training import (
     build_param_groups,
@@ -15,6 +14,8 @@ from pacavit.training import (
     global_batch_size,
     scale_learning_rates,
 )
+
+from helpers import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +29,7 @@ def model():
 def test_lr_scales_with_the_global_batch():
     assert global_batch_size(32, 4, 2) == 256
     lrs = scale_learning_rates(1e-3, 1e-5, 1e-6, 256, lr_base_size=512)
-    assert (lrs["lr"], lrs["min_lr"], lrs["warmup_lr"], lrs["factor"]) == pytest.approx(
-        (5e-4, 5e-6, 5e-7, 0.5)
-    )
+    assert (lrs["lr"], lrs["min_lr"], lrs["warmup_lr"], lrs["factor"]) == pytest.approx((5e-4, 5e-6, 5e-7, 0.5))
     assert scale_learning_rates(1e-3, 0, 0, 128, 512, "sqrt")["lr"] == pytest.approx(5e-4)
     assert scale_learning_rates(1e-3, 1e-5, 0, 999, learning_rate=4e-3)["min_lr"] == pytest.approx(4e-5)
     with pytest.raises(ValueError, match="lr_base_scale"):
@@ -53,9 +52,7 @@ def test_no_decay_on_1d_params_and_position_embeddings(model):
 def test_layer_decay_and_lr_multipliers_compose(model):
     plain = groups_by_param(model, build_param_groups(model, 0.05, layer_decay=0.5))
     multipliers = {"classifier.*": 10.0, "pacavit.stages.3.*": 3.0, "pacavit.stages.*.clustering*": 2.0}
-    scaled = groups_by_param(
-        model, build_param_groups(model, 0.05, layer_decay=0.5, lr_multipliers=multipliers)
-    )
+    scaled = groups_by_param(model, build_param_groups(model, 0.05, layer_decay=0.5, lr_multipliers=multipliers))
     assert plain.keys() == scaled.keys()
     for name in plain:
         if name.startswith("classifier."):

@@ -9,7 +9,6 @@ whose pixels differ across clusters.
 from __future__ import annotations
 
 import colorsys
-import importlib.util
 import os
 import subprocess
 import sys
@@ -20,16 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pacavit import (
-    PaCaViTBackbone,
-    PaCaViTConfig,
-    PaCaViTForImageClassification,
-    PaCaViTModel,
-    modeling_pacavit,
-)
+from pacavit import PaCaViTBackbone, PaCaViTConfig, PaCaViTForImageClassification, PaCaViTModel, modeling_pacavit
 from pacavit import visualization as vis
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO_ROOT, load_script
+
 SCRIPT = REPO_ROOT / "examples" / "visualize_clusters.py"
 
 # Tiny widths; depths chosen so that every-2 scheduling has a reusing block between two computing blocks.
@@ -45,9 +39,7 @@ VARIANTS = {
     "stagewise": dict(),
     "every2": dict(clustering_schedule=[2, 2, 2, 2]),
     "blockwise": dict(clustering_schedule=[1, 1, 1, 1]),
-    "mlp-posemb": dict(
-        clustering_type="mlp", cluster_position_embeddings=True, clustering_schedule=[1, 0, 2, 0]
-    ),
+    "mlp-posemb": dict(clustering_type="mlp", cluster_position_embeddings=True, clustering_schedule=[1, 0, 2, 0]),
     "linear-nonorm": dict(clustering_type="linear", cluster_layer_norm=False),
     "teacher": dict(use_clustering_teacher=True, num_clusters=[6, 5, 4, 3], teacher_depths=[1, 1, 1, 1]),
 }
@@ -170,9 +162,7 @@ def test_extract_clusters_splits_per_stage(variant):
         assert (stage.height, stage.width) == (h, w)
         assert stage.has_clusters == (config.num_clusters[stage.index] > 0)
         if stage.has_clusters:
-            expected = [0] + [
-                j for j in range(1, stage.num_blocks) if config.computes_clusters(stage.index, j)
-            ]
+            expected = [0] + [j for j in range(1, stage.num_blocks) if config.computes_clusters(stage.index, j)]
             assert stage.distinct_assignment_blocks() == expected
             assert vis.hard_cluster_map(stage).shape == (h, w)
     assert clusters.logits.shape == (1, 3)
@@ -507,9 +497,7 @@ def test_query_attention_points_at_the_attended_cluster():
 
 def test_save_cluster_figures_writes_pngs_and_index(tmp_path):
     model = make_model("teacher")
-    paths = vis.save_cluster_figures(
-        model, vis.synthetic_image(48), tmp_path, image_size=48, top_k=3, query=(5, 40)
-    )
+    paths = vis.save_cluster_figures(model, vis.synthetic_image(48), tmp_path, image_size=48, top_k=3, query=(5, 40))
     assert set(paths) == {"cluster_map", "top_clusters", "query_attention", "index_md", "index_html"}
     index = (tmp_path / "index.html").read_text()
     markdown = (tmp_path / "index.md").read_text()
@@ -540,13 +528,6 @@ def _saturated_hues(path: Path, min_saturation: float = 0.15) -> np.ndarray:
     return hsv[(hsv[:, 1] > min_saturation) & (hsv[:, 2] > 0.1), 0]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("visualize_clusters", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_script_on_a_saved_model_folder(tmp_path):
     from transformers import ConvNextImageProcessor
 
@@ -557,9 +538,7 @@ def test_script_on_a_saved_model_folder(tmp_path):
     # a grayscale, non-square image: every coloured pixel of the cluster map comes from the overlay
     yy, xx = np.mgrid[0:50, 0:70]
     image_path = tmp_path / "digit.png"
-    Image.fromarray(((np.sin(xx / 5.0) * np.cos(yy / 7.0) + 1) * 127).astype(np.uint8), mode="L").save(
-        image_path
-    )
+    Image.fromarray(((np.sin(xx / 5.0) * np.cos(yy / 7.0) + 1) * 127).astype(np.uint8), mode="L").save(image_path)
 
     out_dir = tmp_path / "figures"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT / "src"))
@@ -609,7 +588,7 @@ def test_script_on_a_saved_model_folder(tmp_path):
 
 
 def test_script_main_with_preset_and_errors(tmp_path, capsys):
-    script = _load_script()
+    script = load_script("visualize_clusters.py")
     out_dir = tmp_path / "demo"
     rc = script.main(
         [
@@ -629,24 +608,14 @@ def test_script_main_with_preset_and_errors(tmp_path, capsys):
     )
     assert rc == 0
     assert all(
-        (out_dir / f"{n}.png").stat().st_size > 1000
-        for n in ("cluster_map", "top_clusters", "query_attention")
+        (out_dir / f"{n}.png").stat().st_size > 1000 for n in ("cluster_map", "top_clusters", "query_attention")
     )
     assert "random weights" in (out_dir / "index.md").read_text()
     assert script.main(["--model", str(tmp_path / "nope"), "--output_dir", str(out_dir)]) == 1
     assert "not found" in capsys.readouterr().err
     assert (
         script.main(
-            [
-                "--preset",
-                "pacavit-tiny",
-                "--image_size",
-                "32",
-                "--query_patch",
-                "100,1",
-                "--output_dir",
-                str(out_dir),
-            ]
+            ["--preset", "pacavit-tiny", "--image_size", "32", "--query_patch", "100,1", "--output_dir", str(out_dir)]
         )
         == 1
     )

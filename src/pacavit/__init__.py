@@ -7,16 +7,19 @@ AutoModelForImageClassification, AutoBackbone), so `AutoModel.from_pretrained(fo
 from transformers import (
     AutoBackbone,
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
-    AutoModelForSemanticSegmentation,
-    AutoImageProcessor,
     AutoModelForImageSegmentation,
     AutoModelForInstanceSegmentation,
     AutoModelForObjectDetection,
+    AutoModelForSemanticSegmentation,
 )
 
 from .configuration_pacavit import ORIGINAL_NAMES, PRESETS, PaCaViTConfig, list_presets, resolve_preset_name
+from .configuration_pacavit_maskrcnn import PaCaViTMaskRCNNConfig
+from .configuration_pacavit_segmentation import PaCaViTSegmentationConfig
+from .image_processing_pacavit_maskrcnn import PaCaViTMaskRCNNImageProcessor
 from .modeling_pacavit import (
     PaCaViTBackbone,
     PaCaViTBackboneOutput,
@@ -26,12 +29,8 @@ from .modeling_pacavit import (
     PaCaViTModelOutput,
     PaCaViTPreTrainedModel,
 )
-
-from .configuration_pacavit_segmentation import PaCaViTSegmentationConfig
-from .modeling_pacavit_segmentation import PaCaViTForSemanticSegmentation, PaCaViTSemanticSegmenterOutput
-from .configuration_pacavit_maskrcnn import PaCaViTMaskRCNNConfig
-from .image_processing_pacavit_maskrcnn import PaCaViTMaskRCNNImageProcessor
 from .modeling_pacavit_maskrcnn import PaCaViTForInstanceSegmentation, PaCaViTInstanceSegmentationOutput
+from .modeling_pacavit_segmentation import PaCaViTForSemanticSegmentation, PaCaViTSemanticSegmenterOutput
 
 __version__ = "0.1.0"
 

@@ -260,14 +260,10 @@ class PaCaViTConfig(BackboneConfigMixin, PretrainedConfig):
             per_stage["teacher_depths"] = self.teacher_depths
         for name, values in per_stage.items():
             if len(values) != n:
-                raise ValueError(
-                    f"`{name}` has {len(values)} entries but `depths` has {n}; give one value per stage."
-                )
+                raise ValueError(f"`{name}` has {len(values)} entries but `depths` has {n}; give one value per stage.")
         for i, (width, heads) in enumerate(zip(self.hidden_sizes, self.num_attention_heads)):
             if width % heads != 0:
-                raise ValueError(
-                    f"Stage {i + 1}: hidden size {width} is not divisible by {heads} attention heads."
-                )
+                raise ValueError(f"Stage {i + 1}: hidden size {width} is not divisible by {heads} attention heads.")
         if self.clustering_type not in CLUSTERING_TYPES:
             raise ValueError(
                 f"Unknown clustering_type {self.clustering_type!r}; choose one of {', '.join(CLUSTERING_TYPES)}."
@@ -289,7 +285,7 @@ class PaCaViTConfig(BackboneConfigMixin, PretrainedConfig):
         return every >= 2 and block % every == 0
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "PaCaViTConfig":
+    def from_preset(cls, name: str, **overrides) -> PaCaViTConfig:
         """Build the config of a named architecture, e.g. `PaCaViTConfig.from_preset("pacavit-tiny", num_labels=10)`.
 
         Accepts the short names of `list_presets()` and the original builder names
@@ -300,7 +296,7 @@ class PaCaViTConfig(BackboneConfigMixin, PretrainedConfig):
         return cls(**values)
 
     @classmethod
-    def from_backbone_config(cls, backbone: "PaCaViTConfig", **fields) -> "PaCaViTConfig":
+    def from_backbone_config(cls, backbone: PaCaViTConfig, **fields) -> PaCaViTConfig:
         """A config of this class (e.g. `PaCaViTSegmentationConfig`, `PaCaViTMaskRCNNConfig`) on the architecture of
         `backbone`; `fields` set the rest (the task's labels and head settings). The backbone's labels, stage
         selection and saved-folder metadata are not carried over (`NOT_ARCHITECTURE_FIELDS`)."""

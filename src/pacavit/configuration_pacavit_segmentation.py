@@ -58,7 +58,9 @@ class PaCaViTSegmentationConfig(PaCaViTConfig):
                 f"Unknown decode_head_type {decode_head_type!r}; choose one of {', '.join(DECODE_HEAD_TYPES)}."
             )
         self.decode_head_type = decode_head_type
-        self.decode_head_hidden_size = int(decode_head_hidden_size or DEFAULT_DECODE_HEAD_HIDDEN_SIZE[decode_head_type])
+        self.decode_head_hidden_size = int(
+            decode_head_hidden_size or DEFAULT_DECODE_HEAD_HIDDEN_SIZE[decode_head_type]
+        )
         self.decode_head_dropout = decode_head_dropout
         self.pool_scales = list(pool_scales)
         self.use_auxiliary_head = use_auxiliary_head

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig
+
+import pacavit  # the public model classes by the name config.json gives them
 
 MIN_SIZE, MAX_SIZE = 33, 4096
 
@@ -77,7 +80,7 @@ def export_onnx(model: nn.Module, path: str | Path, program=None, example: torch
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as error:
-        raise ImportError("ONNX export needs onnx and onnxscript: `pip install -e \".[onnx]\"`.") from error
+        raise ImportError('ONNX export needs onnx and onnxscript: `pip install -e ".[onnx]"`.') from error
     program = export_program(model, example) if program is None else program
     onnx_program = torch.onnx.export(
         program,
@@ -115,7 +118,9 @@ def onnx_outputs(path: str | Path, pixel_values: torch.Tensor) -> list[torch.Ten
 
 def max_abs_error(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
     if len(got) != len(expected) or any(g.shape != e.shape for g, e in zip(got, expected)):
-        raise AssertionError(f"output shapes differ: {[tuple(g.shape) for g in got]} vs {[tuple(e.shape) for e in expected]}")
+        raise AssertionError(
+            f"output shapes differ: {[tuple(g.shape) for g in got]} vs {[tuple(e.shape) for e in expected]}"
+        )
     return max((g - e).abs().max().item() for g, e in zip(got, expected))
 
 
@@ -129,9 +134,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=224)
     parser.add_argument("--check", action="store_true", help="compare with eager at two other input sizes")
     args = parser.parse_args(argv)
-
-    import pacavit
-    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(args.model_dir)
     if args.backbone:
@@ -154,7 +156,11 @@ def main(argv: list[str] | None = None) -> None:
         sizes = [(args.height, args.width)] if args.static else [(args.height, args.width), (97, 131)]
         for height, width in sizes:
             x = example_input(model, height, width, batch=1)
-            got = onnx_outputs(output, x) if output.suffix == ".onnx" else program_outputs(torch.export.load(str(output)), x)
+            got = (
+                onnx_outputs(output, x)
+                if output.suffix == ".onnx"
+                else program_outputs(torch.export.load(str(output)), x)
+            )
             print(f"{height}x{width}: max abs error vs eager {max_abs_error(got, eager_outputs(model, x)):.2e}")
 
 

@@ -55,9 +55,7 @@ def to_uint8_chw(image) -> torch.Tensor:
 def resize_bilinear_uint8(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    resized = F.interpolate(
-        image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=False
-    )
+    resized = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False, antialias=False)
     return resized[0].round().clamp(0, 255).to(torch.uint8)
 
 
@@ -135,9 +133,7 @@ class PaCaViTMaskRCNNImageProcessor(BaseImageProcessor):
             images = [images]
             annotations = [annotations] if annotations is not None else None
         if annotations is not None and len(annotations) != len(images):
-            raise ValueError(
-                f"Got {len(annotations)} annotations for {len(images)} images; give one dict per image."
-            )
+            raise ValueError(f"Got {len(annotations)} annotations for {len(images)} images; give one dict per image.")
         tensors, image_sizes, original_sizes, labels = [], [], [], []
         mean = torch.tensor(self.image_mean).view(3, 1, 1) * 255
         std = torch.tensor(self.image_std).view(3, 1, 1) * 255
@@ -252,27 +248,16 @@ class PaCaViTMaskRCNNImageProcessor(BaseImageProcessor):
             detection = self._rescaled(detection, tuple(frame), target, with_masks=True)
             keep = torch.where(detection["scores"] > threshold)[0]
             masks = detection["masks"][keep] >= mask_threshold
-            scores, labels, boxes = (
-                detection["scores"][keep],
-                detection["labels"][keep],
-                detection["boxes"][keep],
-            )
+            scores, labels, boxes = (detection["scores"][keep], detection["labels"][keep], detection["boxes"][keep])
             info = [
-                {
-                    "id": i,
-                    "label_id": int(labels[i]),
-                    "score": round(float(scores[i]), 6),
-                    "box": boxes[i].tolist(),
-                }
+                {"id": i, "label_id": int(labels[i]), "score": round(float(scores[i]), 6), "box": boxes[i].tolist()}
                 for i in range(len(keep))
             ]
             if return_binary_maps:
                 results.append({"segmentation": masks, "segments_info": info})
                 continue
             segmentation = torch.full(target, -1, dtype=torch.int64)
-            for i in reversed(
-                range(len(keep))
-            ):  # scores are sorted descending: the best instance is painted last
+            for i in reversed(range(len(keep))):  # scores are sorted descending: the best instance is painted last
                 segmentation[masks[i]] = i
             visible = []
             for i, segment in enumerate(info):

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -115,13 +114,13 @@ def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
 
 
 # Autograd-off CPU inference (eval mode) runs the stem and each stage a few images at a time, so that no transient
-# buffer of a group exceeds CPU_INFERENCE_GROUP_BYTES, and computes the MLP of one image whose hidden activation
-# would exceed CPU_INFERENCE_SLICE_BYTES in hidden-channel slices. Why: glibc serves fresh buffers of tens of MB
-# with pages that are faulted in again on every call (mmap, or a trimmed heap), and they overflow the cache; at
-# batch 8, 224x224 on a 2-core CPU the groups made PaCa-Tiny ~15 % faster, and the slices keep high resolutions
-# from costing more than linear (benchmarks/RESULTS.md, "CPU inference in image groups"). Images are independent in
-# this network, so the outputs are the same. `None` turns either off. GPUs, autograd, training mode and
-# torch.compile/export/tracing always run the batch whole.
+# buffer of a group exceeds CPU_INFERENCE_GROUP_BYTES, and computes the MLP of one image whose hidden activation would
+# exceed CPU_INFERENCE_SLICE_BYTES in hidden-channel slices. Why: glibc serves fresh buffers of tens of MB with pages
+# that are faulted in again on every call (mmap, or a trimmed heap), and they overflow the cache; at batch 8, 224x224
+# on a 2-core CPU the groups made PaCa-Tiny ~15 % faster (pages faulted in per forward: ~46 000 -> ~5 900), and the
+# slices keep high resolutions from costing more than linear. Images are independent in this network, so the outputs
+# are the same. `None` turns either off. GPUs, autograd, training mode and torch.compile/export/tracing always run the
+# batch whole.
 CPU_INFERENCE_GROUP_BYTES: int | None = 8 * 2**20
 CPU_INFERENCE_SLICE_BYTES: int | None = 32 * 2**20
 
@@ -151,13 +150,12 @@ def check_pixel_values(pixel_values, config: PaCaViTConfig, training: bool = Fal
     """Raise a TypeError/ValueError that says what is wrong and what to do for `pixel_values` the network
     cannot take. Every PaCa-ViT model class calls it first (the segmentation/detection models too).
 
-    Only metadata is checked (type, rank, channels, dtype, size), never values: no device sync, and it traces
-    under torch.compile/export (the size checks are skipped while compiling; they would only add shape guards).
-    Not errors, by design (documented in the README's Troubleshooting): floating-point inputs of another
-    precision than the weights are cast to it by the stem; NaN/Inf values propagate to the outputs of the
-    images that hold them (other images of the batch are unaffected in eval mode). Integer inputs are an
-    error rather than converted, because the model cannot know how they should be rescaled and normalised.
-    Any size from 1x1 up works (the stride-2 convolutions round up); the one minimum is the ConvMixer
+    Only metadata is checked (type, rank, channels, dtype, size), never values: no device sync, and it traces under
+    torch.compile/export (the size checks are skipped while compiling; they would only add shape guards). Not errors,
+    by design: floating-point inputs of another precision than the weights are cast to it by the stem; NaN/Inf values
+    propagate to the outputs of the images that hold them (other images of the batch are unaffected in eval mode).
+    Integer inputs are an error rather than converted, because the model cannot know how they should be rescaled and
+    normalised. Any size from 1x1 up works (the stride-2 convolutions round up); the one minimum is the ConvMixer
     clustering teacher in training mode, whose BatchNorm needs more than one value per channel at stride 32.
     """
     channels = config.num_channels
@@ -222,7 +220,9 @@ def check_classification_labels(labels, logits: torch.Tensor, config: PaCaViTCon
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor of class indices, got {type(labels).__name__}.")
     if num_labels == 0:
-        raise ValueError("This model has no classification head (num_labels=0); build it with num_labels=N to train it.")
+        raise ValueError(
+            "This model has no classification head (num_labels=0); build it with num_labels=N to train it."
+        )
     problem_type = config.problem_type
     if problem_type is None and num_labels > 1:
         integer = labels.dtype in (torch.long, torch.int)
@@ -305,7 +305,9 @@ def xformers_attention_forward(module, query, key, value, attention_mask, scalin
         ) from error
     if not query.is_cuda:
         logger.warning_once("xformers attention needs CUDA tensors; falling back to SDPA on this device.")
-        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling
+        )
     # xformers takes (B, N, h, d)
     out = xops.memory_efficient_attention(
         query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), p=dropout, scale=scaling
@@ -338,8 +340,10 @@ class PaCaViTEmbeddings(nn.Module):
         pixel_values = pixel_values.to(self.projection[0].weight.dtype)
         # the widest buffer is the first conv's output, (dim / 2) channels at half the resolution
         first_output_bytes = (
-            math.ceil(pixel_values.shape[-2] / 2) * math.ceil(pixel_values.shape[-1] / 2)
-            * self.projection[0].out_channels * pixel_values.element_size()
+            math.ceil(pixel_values.shape[-2] / 2)
+            * math.ceil(pixel_values.shape[-1] / 2)
+            * self.projection[0].out_channels
+            * pixel_values.element_size()
         )
         group = cpu_inference_group_size(pixel_values, first_output_bytes, self.training)
         if group < pixel_values.shape[0]:  # CPU inference, a few images at a time (images are independent)
@@ -474,7 +478,9 @@ class PaCaViTAttention(nn.Module):
             query, key, value = qkv.unbind(0)
         else:
             query = self.query(hidden_states).view(batch, num_patches, self.num_heads, self.head_dim).transpose(1, 2)
-            key_value = self.key_value(context).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            key_value = (
+                self.key_value(context).view(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            )
             key, value = key_value.unbind(0)
 
         attention_interface = eager_attention_forward
@@ -484,13 +490,7 @@ class PaCaViTAttention(nn.Module):
                 self.config._attn_implementation, eager_attention_forward
             )
         attn_output, attn_weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            None,
-            dropout=self.dropout if self.training else 0.0,
-            scaling=self.scaling,
+            self, query, key, value, None, dropout=self.dropout if self.training else 0.0, scaling=self.scaling
         )
         attn_output = self.proj_dropout(self.dense(attn_output.reshape(batch, num_patches, dim)))
         return attn_output, (attn_weights if output_attentions else None), cluster_assignment
@@ -686,12 +686,23 @@ class PaCaViTStage(nn.Module):
             hidden_states, height, width = torch.cat([output[0] for output in outputs]), *outputs[0][1:3]
             return hidden_states, height, width, [], []
         return self._forward_images(
-            hidden_states, teacher_assignment, teacher_output, height, width, output_attentions,
+            hidden_states,
+            teacher_assignment,
+            teacher_output,
+            height,
+            width,
+            output_attentions,
             output_cluster_assignments,
         )
 
     def _forward_images(
-        self, hidden_states, teacher_assignment, teacher_output, height, width, output_attentions,
+        self,
+        hidden_states,
+        teacher_assignment,
+        teacher_output,
+        height,
+        width,
+        output_attentions,
         output_cluster_assignments,
     ):
         if self.downsample is not None:
@@ -785,7 +796,9 @@ class PaCaViTClusteringTeacher(nn.Module):
             PaCaViTBlurDownsample(dims[i], dims[i + 1], act, eps) for i in range(len(depths) - 1)
         )
         # top-down pathway: laterals[i] maps stage i+1 to the width of stage i, fpn_blocks[i] refines the sum
-        self.laterals = nn.ModuleList(PaCaViTConvNormAct(dims[i + 1], dims[i], act, eps) for i in range(len(depths) - 1))
+        self.laterals = nn.ModuleList(
+            PaCaViTConvNormAct(dims[i + 1], dims[i], act, eps) for i in range(len(depths) - 1)
+        )
         self.fpn_blocks = nn.ModuleList(
             PaCaViTConvMixerBlock(dims[i], kernel, act, eps, rates[i][0]) for i in range(len(depths) - 1)
         )
@@ -804,7 +817,9 @@ class PaCaViTClusteringTeacher(nn.Module):
         top_down = [None] * len(outputs)
         top_down[-1] = outputs[-1]
         for i in range(len(outputs) - 2, -1, -1):
-            upsampled = F.interpolate(top_down[i + 1], size=outputs[i].shape[-2:], mode="bilinear", align_corners=False)
+            upsampled = F.interpolate(
+                top_down[i + 1], size=outputs[i].shape[-2:], mode="bilinear", align_corners=False
+            )
             top_down[i] = self.fpn_blocks[i](outputs[i] + self.laterals[i](upsampled))
 
         assignments = []
@@ -987,7 +1002,9 @@ class PaCaViTForImageClassification(PaCaViTPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.pacavit = PaCaViTModel(config)
-        self.classifier = nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = (
+            nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
         self.post_init()
 
     def forward(

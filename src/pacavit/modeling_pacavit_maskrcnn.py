@@ -11,9 +11,10 @@ inference match the original mmdet models (see `../shared/notes/anchors.md` sect
 * `PaCaViTMaskRCNNRoIHeads.postprocess_detections`: no `remove_small_boxes(1e-2)` after the score threshold;
 * `paste_masks`: mmdet's mask pasting (`grid_sample` at pixel centres, one box at a time inside its box + 1 px).
 
-Training keeps torchvision's internals (see README, "Deviations from mmdet"). The image resizing to shorter side
-800 / longer <= 1333 with mmcv's rounding and the normalisation are done by the image processor, so the model takes
-normalised, padded `pixel_values` plus the size of each image inside the padding (`image_sizes`).
+Training keeps torchvision's internals (smooth-L1 box losses, its assigners' low-quality matching, soft mask targets
+RoIAligned with `aligned=False`, its samplers' random streams), which differ from mmdet's. The image resizing to
+shorter side 800 / longer <= 1333 with mmcv's rounding and the normalisation are done by the image processor, so the
+model takes normalised, padded `pixel_values` plus the size of each image inside the padding (`image_sizes`).
 
 torchvision is imported inside a `try` block (a soft dependency: `pip install 'pacavit[detection]'`), so that
 transformers' remote-code import check does not require it before the model is built.
@@ -31,7 +32,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .configuration_pacavit_maskrcnn import PaCaViTMaskRCNNConfig
-from .modeling_pacavit import PaCaViTBackbone, PaCaViTPreTrainedModel, check_pixel_values
+from .modeling_pacavit import PaCaViTBackbone, PaCaViTModel, PaCaViTPreTrainedModel, check_pixel_values
 
 try:
     from transformers import initialization as init
@@ -59,11 +60,7 @@ TORCHVISION_MISSING = (
 
 
 # The transformers Auto classes (and so the pipelines) this model is registered with.
-AUTO_CLASSES = (
-    "AutoModelForObjectDetection",
-    "AutoModelForInstanceSegmentation",
-    "AutoModelForImageSegmentation",
-)
+AUTO_CLASSES = ("AutoModelForObjectDetection", "AutoModelForInstanceSegmentation", "AutoModelForImageSegmentation")
 
 
 def require_torchvision() -> None:
@@ -122,9 +119,7 @@ def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, height: int, widt
             torch.nan_to_num(ys, nan=0.0, posinf=0.0, neginf=0.0),
         )
         grid = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]), dim=-1)
-        pasted[i, top:bottom, left:right] = F.grid_sample(mask[None, None], grid[None], align_corners=False)[
-            0, 0
-        ]
+        pasted[i, top:bottom, left:right] = F.grid_sample(mask[None, None], grid[None], align_corners=False)[0, 0]
     return pasted
 
 
@@ -167,13 +162,7 @@ if _TORCHVISION_AVAILABLE:
         `aligned=True` (half-pixel offset) and the configured sampling ratio (0 = adaptive)."""
 
         def __init__(
-            self,
-            featmap_names,
-            strides,
-            output_size: int,
-            sampling_ratio: int,
-            aligned: bool,
-            finest_scale: int,
+            self, featmap_names, strides, output_size: int, sampling_ratio: int, aligned: bool, finest_scale: int
         ):
             super().__init__()
             self.featmap_names = list(featmap_names)
@@ -197,17 +186,13 @@ if _TORCHVISION_AVAILABLE:
                 index = torch.where(levels == level)[0]
                 if index.numel():
                     pooled[index] = roi_align(
-                        feature_map,
-                        rois[index],
-                        self.output_size,
-                        1.0 / stride,
-                        self.sampling_ratio,
-                        self.aligned,
+                        feature_map, rois[index], self.output_size, 1.0 / stride, self.sampling_ratio, self.aligned
                     ).to(pooled.dtype)
             return pooled
 
     class PaCaViTMaskRCNNRoIHeads(RoIHeads):
-        """torchvision's RoI heads; test-time box post-processing as mmdet's `multiclass_nms` (no small-box removal)."""
+        """torchvision's RoI heads; test-time box post-processing as mmdet's `multiclass_nms` (no small-box
+        removal)."""
 
         def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
             boxes_per_image = [len(p) for p in proposals]
@@ -215,14 +200,8 @@ if _TORCHVISION_AVAILABLE:
             all_scores = F.softmax(class_logits, -1).split(boxes_per_image)
             results = ([], [], [])
             for boxes, scores, image_shape in zip(all_boxes, all_scores, image_shapes):
-                boxes = box_ops.clip_boxes_to_image(boxes, image_shape)[:, 1:].reshape(
-                    -1, 4
-                )  # drop background
-                labels = (
-                    torch.arange(1, scores.shape[1], device=scores.device)
-                    .expand(scores.shape[0], -1)
-                    .reshape(-1)
-                )
+                boxes = box_ops.clip_boxes_to_image(boxes, image_shape)[:, 1:].reshape(-1, 4)  # drop background
+                labels = torch.arange(1, scores.shape[1], device=scores.device).expand(scores.shape[0], -1).reshape(-1)
                 scores = scores[:, 1:].reshape(-1)
                 keep = torch.where(scores > self.score_thresh)[0]
                 boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
@@ -280,9 +259,7 @@ def build_detector(config: PaCaViTMaskRCNNConfig) -> MaskRCNN:
         rpn_batch_size_per_image=config.rpn_batch_size_per_image,
         rpn_positive_fraction=config.rpn_positive_fraction,
         box_predictor=FastRCNNPredictor(config.box_head_hidden_size, num_classes),
-        mask_predictor=MaskRCNNPredictor(
-            config.mask_head_hidden_size, config.mask_head_hidden_size, num_classes
-        ),
+        mask_predictor=MaskRCNNPredictor(config.mask_head_hidden_size, config.mask_head_hidden_size, num_classes),
     )
     roi_size = config.roi_output_size
     # RoIHeads is rebuilt as the subclass with the same torchvision arguments (MaskRCNN has no roi_heads argument)
@@ -385,15 +362,11 @@ class PaCaViTForInstanceSegmentation(PaCaViTPreTrainedModel):
         model), as the original detection configs start from the ImageNet weights. Missing or unexpected backbone
         keys are an error; an ImageNet head is ignored."""
         if isinstance(pretrained, (str, bytes)) or hasattr(pretrained, "__fspath__"):
-            from .modeling_pacavit import PaCaViTModel
-
             pretrained = PaCaViTModel.from_pretrained(pretrained)
         source = pretrained.state_dict()
         prefix = "pacavit." if any(k.startswith("pacavit.") for k in source) else ""
         weights = {
-            k[len(prefix) :]: v
-            for k, v in source.items()
-            if k.startswith(prefix) and not k.startswith("classifier.")
+            k[len(prefix) :]: v for k, v in source.items() if k.startswith(prefix) and not k.startswith("classifier.")
         }
         self.backbone.pacavit.load_state_dict(weights, strict=True)
 
@@ -407,14 +380,16 @@ class PaCaViTForInstanceSegmentation(PaCaViTPreTrainedModel):
             classes = target.get("class_labels", target.get("labels"))
             if classes is None or "boxes" not in target or "masks" not in target:
                 raise ValueError(
-                    f"labels[{i}] needs 'boxes' (N, 4), 'class_labels' (N,) and 'masks' (N, H, W); got {sorted(target)}."
+                    f"labels[{i}] needs 'boxes' (N, 4), 'class_labels' (N,) and 'masks' (N, H, W); "
+                    f"got {sorted(target)}."
                 )
             boxes = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4)
             classes = torch.as_tensor(classes, dtype=torch.int64).reshape(-1)
             masks = torch.as_tensor(target["masks"]).to(torch.uint8)
             if not (len(boxes) == len(classes) == len(masks)):
                 raise ValueError(
-                    f"labels[{i}]: {len(boxes)} boxes, {len(classes)} class_labels and {len(masks)} masks; they must match."
+                    f"labels[{i}]: {len(boxes)} boxes, {len(classes)} class_labels and {len(masks)} masks; "
+                    "they must match."
                 )
             if len(classes) and (classes.min() < 0 or classes.max() >= self.config.num_labels):
                 raise ValueError(
@@ -422,9 +397,7 @@ class PaCaViTForInstanceSegmentation(PaCaViTPreTrainedModel):
                     f"{classes.tolist()}."
                 )
             degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-            outside = (
-                (boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)
-            )
+            outside = (boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)
             if degenerate.any() or outside.any():
                 bad = torch.where(degenerate | outside)[0].tolist()
                 raise ValueError(
@@ -432,9 +405,7 @@ class PaCaViTForInstanceSegmentation(PaCaViTPreTrainedModel):
                     f"{height}x{width} image. Give x1 < x2, y1 < y2 in pixels; pacavit.data.detection clips boxes to "
                     "the image and drops empty ones for you."
                 )
-            targets.append(
-                {"boxes": boxes, "labels": classes + 1, "masks": masks}
-            )  # torchvision: 0 = background
+            targets.append({"boxes": boxes, "labels": classes + 1, "masks": masks})  # torchvision: 0 = background
         return targets
 
     def forward(
@@ -452,13 +423,10 @@ class PaCaViTForInstanceSegmentation(PaCaViTPreTrainedModel):
         if image_sizes is None:
             image_sizes = [(height, width)] * batch
         sizes = [
-            tuple(int(v) for v in s)
-            for s in (image_sizes.tolist() if torch.is_tensor(image_sizes) else image_sizes)
+            tuple(int(v) for v in s) for s in (image_sizes.tolist() if torch.is_tensor(image_sizes) else image_sizes)
         ]
         if len(sizes) != batch or any(h > height or w > width or h < 1 or w < 1 for h, w in sizes):
-            raise ValueError(
-                f"image_sizes {sizes} must give one (height, width) within {height}x{width} per image."
-            )
+            raise ValueError(f"image_sizes {sizes} must give one (height, width) within {height}x{width} per image.")
         if self.training and labels is None:
             raise ValueError(
                 "In training mode the model needs `labels` (one dict of boxes, class_labels, masks per image)."
@@ -494,15 +462,9 @@ class PaCaViTForInstanceSegmentation(PaCaViTPreTrainedModel):
                 }
             )
         output = PaCaViTInstanceSegmentationOutput(
-            detections=results,
-            image_sizes=torch.tensor(frames, dtype=torch.int64, device=pixel_values.device),
+            detections=results, image_sizes=torch.tensor(frames, dtype=torch.int64, device=pixel_values.device)
         )
         return output if return_dict else output.to_tuple()
 
 
-__all__ = [
-    "PaCaViTForInstanceSegmentation",
-    "PaCaViTInstanceSegmentationOutput",
-    "build_detector",
-    "paste_masks",
-]
+__all__ = ["PaCaViTForInstanceSegmentation", "PaCaViTInstanceSegmentationOutput", "build_detector", "paste_masks"]

@@ -18,7 +18,6 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.models.upernet.modeling_upernet import UperNetConvModule, UperNetFCNHead, UperNetHead
 from transformers.utils import logging
@@ -167,7 +166,9 @@ class PaCaViTUperNetHeads(nn.Module):
         )
         self.auxiliary_head = None
         if config.use_auxiliary_head:
-            self.auxiliary_head = UperNetFCNHead(head_config, in_channels=in_channels, in_index=config.auxiliary_stage - 1)
+            self.auxiliary_head = UperNetFCNHead(
+                head_config, in_channels=in_channels, in_index=config.auxiliary_stage - 1
+            )
             self.auxiliary_head.classifier = PaCaViTSegClassifier(
                 config.auxiliary_hidden_size, config.num_labels, config.decode_head_dropout
             )
@@ -214,7 +215,9 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
         """`(B, H, W)` integer class maps (a `(B, 1, H, W)` channel dim is dropped); a clear error otherwise."""
         ignore, num_labels = self.config.semantic_loss_ignore_index, self.config.num_labels
         if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
-            raise TypeError("labels must be an integer tensor of class indices per pixel, shape (batch, height, width).")
+            raise TypeError(
+                "labels must be an integer tensor of class indices per pixel, shape (batch, height, width)."
+            )
         if labels.ndim == 4 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if labels.ndim != 3 or labels.shape[0] != batch:
@@ -349,14 +352,16 @@ def slide_inference(model, pixel_values: torch.Tensor, crop_size: int, stride: i
     summed = count = None
     for row in range(rows):
         for col in range(cols):
-            top, left = min(row * stride, max(height - crop_size, 0)), min(col * stride, max(width - crop_size, 0))
+            top, left = (min(row * stride, max(height - crop_size, 0)), min(col * stride, max(width - crop_size, 0)))
             bottom, right = min(top + crop_size, height), min(left + crop_size, width)
             logits = model(pixel_values[:, :, top:bottom, left:right]).logits
             if summed is None:
                 summed = logits.new_zeros(batch, logits.shape[1], height, width)
                 count = logits.new_zeros(1, 1, height, width)
             window = (slice(None), slice(None), slice(top, bottom), slice(left, right))
-            summed[window] += F.interpolate(logits, size=(bottom - top, right - left), mode="bilinear", align_corners=False)
+            summed[window] += F.interpolate(
+                logits, size=(bottom - top, right - left), mode="bilinear", align_corners=False
+            )
             count[window] += 1
     return summed / count
 

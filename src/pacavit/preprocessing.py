@@ -57,9 +57,7 @@ def classification_image_processor(
     )
 
 
-def segmentation_image_processor(
-    crop_size: int = ADE20K_CROP_SIZE, do_reduce_labels: bool = False
-):
+def segmentation_image_processor(crop_size: int = ADE20K_CROP_SIZE, do_reduce_labels: bool = False):
     """The mmseg test pipeline as a `SegformerImageProcessor`: resize to the training crop, ImageNet mean/std; so
     users of a saved folder need nothing from this package to preprocess."""
     from transformers import SegformerImageProcessor

@@ -66,8 +66,8 @@ def _is_replaceable(path: Path) -> bool:
 def atomic_directory(path: str | os.PathLike):
     """Yield a temporary folder beside `path`; on success it replaces `path` atomically (see the module doc).
 
-    Refuses (OutputFolderError, a FileExistsError and ValueError) to replace a folder that holds files but no `config.json`, so that pointing the
-    output at, e.g., the current directory cannot delete unrelated files.
+    Refuses (OutputFolderError, a FileExistsError and ValueError) to replace a folder that holds files but no
+    `config.json`, so that pointing the output at, e.g., the current directory cannot delete unrelated files.
     """
     final = Path(path).absolute()
     if not _is_replaceable(final):

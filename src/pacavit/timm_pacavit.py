@@ -143,7 +143,9 @@ class PaCaViT(nn.Module):
         the stages after the last requested one are dropped with `prune_intermediate_layers` instead.
         """
         if output_fmt != "NCHW":
-            raise ValueError(f"PaCa-ViT intermediates are NCHW feature maps; output_fmt={output_fmt!r} is not supported.")
+            raise ValueError(
+                f"PaCa-ViT intermediates are NCHW feature maps; output_fmt={output_fmt!r} is not supported."
+            )
         take_indices, _ = feature_take_indices(len(self.pacavit.stages), indices)
         tokens, height, width, hidden_states, *_ = self.pacavit.forward_features(x, output_hidden_states=True)
         intermediates = [hidden_states[i + 1] for i in take_indices]  # hidden_states[0] is the stem
@@ -151,7 +153,9 @@ class PaCaViT(nn.Module):
             return intermediates
         return tokens.transpose(1, 2).unflatten(2, (height, width)), intermediates
 
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True):
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ):
         """Drop the stages after the last index in `indices` (and the head); returns the absolute indices."""
         take_indices, max_index = feature_take_indices(len(self.pacavit.stages), indices)
         if max_index < len(self.pacavit.stages) - 1:

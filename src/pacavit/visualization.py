@@ -29,16 +29,19 @@ import html
 import math
 import os
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from .configuration_pacavit import PaCaViTConfig
 from .extras import require
+from .modeling_pacavit import PaCaViTForImageClassification
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -181,7 +184,7 @@ def distinct_colors(n: int) -> np.ndarray:
     return colors
 
 
-def sample_image(index: int = 0, size: int | None = None) -> "Image.Image":
+def sample_image(index: int = 0, size: int | None = None) -> Image.Image:
     """A built-in test image: scikit-learn's handwritten digit `index` as an RGB PIL image, converted exactly
     as the default training run sees it (8x8, value v -> round(v * 255 / 16), white ink on black); upscaled
     (bicubic) to `size` x `size` when given. Falls back to `synthetic_image` without scikit-learn."""
@@ -196,7 +199,7 @@ def sample_image(index: int = 0, size: int | None = None) -> "Image.Image":
     return image if size is None else image.resize((size, size), Image.BICUBIC)
 
 
-def synthetic_image(size: int = 128) -> "Image.Image":
+def synthetic_image(size: int = 128) -> Image.Image:
     """A deterministic synthetic RGB image (gradient background, a red disc, a blue square, a green bar)."""
     from PIL import Image
 
@@ -211,7 +214,7 @@ def synthetic_image(size: int = 128) -> "Image.Image":
     return Image.fromarray((img * 255).round().astype(np.uint8), mode="RGB")
 
 
-def load_image(image: Any) -> "Image.Image":
+def load_image(image: Any) -> Image.Image:
     """A path, PIL image or array (`(H, W)`, `(H, W, 1|3|4)`, uint8 or float in [0, 1]) -> RGB PIL image.
 
     Grayscale, palette, RGBA (composited on white) and 16-bit images are all converted to 8-bit RGB.
@@ -245,9 +248,7 @@ def load_image(image: Any) -> "Image.Image":
             raise ValueError(f"Expected an image array of shape (H, W) or (H, W, C), got {image.shape}.")
         image = Image.fromarray(array)
     if not isinstance(image, Image.Image):
-        raise TypeError(
-            f"Unsupported image type {type(image).__name__}; give a path, a PIL image or an array."
-        )
+        raise TypeError(f"Unsupported image type {type(image).__name__}; give a path, a PIL image or an array.")
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -266,11 +267,6 @@ def load_model(name_or_path: str | None = None, preset: str | None = None, seed:
     returned in eval mode. Set `HF_HUB_OFFLINE=1` to use only cached Hub files.
     """
     import transformers
-
-    from . import (
-        PaCaViTConfig,
-        PaCaViTForImageClassification,
-    )  # importing the package registers the Auto classes
 
     if (name_or_path is None) == (preset is None):
         raise ValueError("Give exactly one of `name_or_path` (folder or Hub id) and `preset`.")
@@ -342,10 +338,7 @@ def _to_display(pixel_values: torch.Tensor, mean_std) -> np.ndarray:
 
 
 def prepare_image(
-    image: Any,
-    image_processor=None,
-    image_size: int | Sequence[int] | None = None,
-    model=None,
+    image: Any, image_processor=None, image_size: int | Sequence[int] | None = None, model=None
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Image -> (`pixel_values` `(1, C, H, W)`, display image `(1, H, W, 3)` in [0, 1]).
 
@@ -396,10 +389,7 @@ def prepare_image(
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def extract_clusters(
-    model,
-    pixel_values: torch.Tensor,
-    display_images: np.ndarray | None = None,
-    output_attentions: bool = True,
+    model, pixel_values: torch.Tensor, display_images: np.ndarray | None = None, output_attentions: bool = True
 ) -> ClusterExtraction:
     """Run `model` once and collect, per stage, every block's cluster assignment and attention.
 
@@ -486,9 +476,7 @@ def hard_cluster_map(stage: StageClusters, batch_index: int = 0, block: int = -1
     return z[batch_index].argmax(dim=0)
 
 
-def query_to_patch(
-    query: Sequence[float], image_hw: tuple[int, int], grid_hw: tuple[int, int]
-) -> tuple[int, int]:
+def query_to_patch(query: Sequence[float], image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> tuple[int, int]:
     """(row, col) of the query -> token (row, col) in a `grid_hw` grid.
 
     Integers are pixel coordinates of the input image (`image_hw`); floats in [0, 1] are normalised
@@ -506,9 +494,7 @@ def _normalise_query(query: Sequence[float], image_hw: tuple[int, int]) -> tuple
     for value, extent in zip(query, image_hw):
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             if not 0 <= value < extent:
-                raise ValueError(
-                    f"Query pixel {tuple(query)} is outside the {image_hw[0]}x{image_hw[1]} image."
-                )
+                raise ValueError(f"Query pixel {tuple(query)} is outside the {image_hw[0]}x{image_hw[1]} image.")
             out.append((value + 0.5) / extent)
         else:
             if not 0.0 <= float(value) <= 1.0:
@@ -518,11 +504,7 @@ def _normalise_query(query: Sequence[float], image_hw: tuple[int, int]) -> tuple
 
 
 def _format_query(query: Sequence[float]) -> str:
-    return (
-        "("
-        + ", ".join(str(v) if isinstance(v, (int, np.integer)) else f"{float(v):.3g}" for v in query)
-        + ")"
-    )
+    return "(" + ", ".join(str(v) if isinstance(v, (int, np.integer)) else f"{float(v):.3g}" for v in query) + ")"
 
 
 def query_attention_map(
@@ -568,9 +550,7 @@ def rank_clusters(
     if by == "attention":
         attn = stage.attention(block)
         if attn is None:
-            raise ValueError(
-                "Ranking by attention needs the attentions (extract with output_attentions=True)."
-            )
+            raise ValueError("Ranking by attention needs the attentions (extract with output_attentions=True).")
         values, order = attn[batch_index].mean(dim=(0, 1)).sort(descending=True)
         return order, values
     if by == "area":
@@ -596,9 +576,7 @@ def _new_figure(ncols: int, row_heights: Sequence[float], panel: float = 2.6):
     height = sum(panel * h + 0.45 for h in row_heights) + 0.35
     fig = Figure(figsize=(panel * ncols, height), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(
-        len(row_heights), ncols, squeeze=False, height_ratios=[panel * h + 0.45 for h in row_heights]
-    )
+    axes = fig.subplots(len(row_heights), ncols, squeeze=False, height_ratios=[panel * h + 0.45 for h in row_heights])
     return fig, axes
 
 
@@ -651,11 +629,7 @@ def _block_label(stage: StageClusters, block: int) -> str:
 
 
 def plot_cluster_map(
-    clusters: ClusterExtraction,
-    batch_index: int = 0,
-    block: int = -1,
-    alpha: float = 0.6,
-    panel_size: float = 2.6,
+    clusters: ClusterExtraction, batch_index: int = 0, block: int = -1, alpha: float = 0.6, panel_size: float = 2.6
 ):
     """Hard cluster map per stage: each position takes the colour of its argmax cluster, blended over the
     image (`alpha` = weight of the colour). Cluster `m` has colour `distinct_colors(M)[m]` in every figure."""
@@ -791,9 +765,7 @@ def plot_query_attention(
         from matplotlib.patches import Rectangle
 
         ax.add_patch(
-            Rectangle(
-                (column * pw - 0.5, row * ph - 0.5), pw, ph, fill=False, edgecolor="cyan", linewidth=1.5
-            )
+            Rectangle((column * pw - 0.5, row * ph - 0.5), pw, ph, fill=False, edgecolor="cyan", linewidth=1.5)
         )
         kind = f"{stage.num_clusters} clusters" if stage.has_clusters else "self-attention"
         ax.set_title(
@@ -822,9 +794,7 @@ def plot_query_attention(
         bar_ax.set_ylim(0, max(float(values.max()) * 1.15, 1e-6))
         bar_ax.tick_params(axis="y", labelsize=7)
         bar_ax.set_title("attention weight (mean over heads)", fontsize=8)
-    _suptitle(
-        fig, clusters, f"Attention of the query patch at {_format_query(query)} (row, col)", batch_index
-    )
+    _suptitle(fig, clusters, f"Attention of the query patch at {_format_query(query)} (row, col)", batch_index)
     return fig
 
 
@@ -899,11 +869,7 @@ def save_cluster_figures(
     if prediction is not None:
         summary.append(f"predicted: {prediction[0]} (p={prediction[1]:.2f})")
     md = [f"# {heading}", ""] + [f"- {line}" for line in summary] + [""]
-    body = (
-        [f"<h1>{html.escape(heading)}</h1>", "<ul>"]
-        + [f"<li>{html.escape(s)}</li>" for s in summary]
-        + ["</ul>"]
-    )
+    body = [f"<h1>{html.escape(heading)}</h1>", "<ul>"] + [f"<li>{html.escape(s)}</li>" for s in summary] + ["</ul>"]
     for name, caption, _ in figures:
         md += [f"## {caption}", "", f"![{caption}]({name}.png)", ""]
         body += [f"<h2>{html.escape(caption)}</h2>", f'<img src="{name}.png" alt="{html.escape(caption)}">']

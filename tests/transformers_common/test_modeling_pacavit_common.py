@@ -60,7 +60,11 @@ def _import_transformers_tests():
 
 
 _modeling, _configuration, _backbone = _import_transformers_tests()
-ModelTesterMixin, floats_tensor, ids_tensor = _modeling.ModelTesterMixin, _modeling.floats_tensor, _modeling.ids_tensor
+ModelTesterMixin, floats_tensor, ids_tensor = (
+    _modeling.ModelTesterMixin,
+    _modeling.floats_tensor,
+    _modeling.ids_tensor,
+)
 ConfigTester = _configuration.ConfigTester
 BackboneTesterMixin = _backbone.BackboneTesterMixin
 
@@ -206,8 +210,13 @@ class PaCaViTCommonTests(ModelTesterMixin):
     def setUp(self):
         self.model_tester = PaCaViTModelTester(self, **self.model_tester_kwargs)
         self.config_tester = ConfigTester(
-            self, config_class=PaCaViTConfig, has_text_modality=False, common_properties=COMMON_PROPERTIES,
-            hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 2, 1], num_attention_heads=[1, 2, 2, 4],
+            self,
+            config_class=PaCaViTConfig,
+            has_text_modality=False,
+            common_properties=COMMON_PROPERTIES,
+            hidden_sizes=[16, 32, 48, 64],
+            depths=[1, 1, 2, 1],
+            num_attention_heads=[1, 2, 2, 4],
         )
 
     def test_config(self):
@@ -352,7 +361,10 @@ if PaCaViTForSemanticSegmentation is not None:
         def setUp(self):
             self.model_tester = PaCaViTSegmentationModelTester(self, **self.model_tester_kwargs)
             self.config_tester = ConfigTester(
-                self, config_class=PaCaViTSegmentationConfig, has_text_modality=False, common_properties=COMMON_PROPERTIES
+                self,
+                config_class=PaCaViTSegmentationConfig,
+                has_text_modality=False,
+                common_properties=COMMON_PROPERTIES,
             )
 
         def test_for_semantic_segmentation(self):
@@ -378,4 +390,3 @@ def test_transformers_version_of_the_tests_matches_the_installed_one():
     assert f'version="{transformers_version}"' in setup.read_text(), (
         f"{TESTS_DIR} is not the sdist of the installed transformers {transformers_version}"
     )
-

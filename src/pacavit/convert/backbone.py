@@ -60,10 +60,17 @@ def config_from_original(constructor: dict, **overrides) -> PaCaViTConfig:
     for name, cfg, patch in (("stem_cfg", c.get("stem_cfg"), 4), ("trans_cfg", c.get("trans_cfg"), 2)):
         if cfg is None:
             continue
-        _require(cfg.get("type", "DownsampleV1") == "DownsampleV1", f"{name}.type={cfg.get('type')!r} (only DownsampleV1)")
-        _require(cfg.get("patch_size", patch) == patch and cfg.get("kernel_size", 3) == 3, f"{name} must be {patch}x with 3x3 kernels")
+        _require(
+            cfg.get("type", "DownsampleV1") == "DownsampleV1", f"{name}.type={cfg.get('type')!r} (only DownsampleV1)"
+        )
+        _require(
+            cfg.get("patch_size", patch) == patch and cfg.get("kernel_size", 3) == 3,
+            f"{name} must be {patch}x with 3x3 kernels",
+        )
     _require(paca.get("mlp_func", "Mlp") == "Mlp", f"paca_cfg.mlp_func={paca.get('mlp_func')!r}")
-    _require(paca.get("type") in _CLUSTERING_TYPES, f"paca_cfg.type={paca.get('type')!r}; one of {list(_CLUSTERING_TYPES)}")
+    _require(
+        paca.get("type") in _CLUSTERING_TYPES, f"paca_cfg.type={paca.get('type')!r}; one of {list(_CLUSTERING_TYPES)}"
+    )
     act = (c.get("act_cfg") or {"type": "GELU"})["type"]
     _require(act in _ACTIVATIONS, f"act_cfg.type={act!r}")
     eps = (c.get("norm_cfg") or {}).get("eps", 1e-6)
@@ -75,10 +82,19 @@ def config_from_original(constructor: dict, **overrides) -> PaCaViTConfig:
     teacher = c.get("paca_teacher_cfg")
     teacher_kwargs = {}
     if teacher:
-        _require(teacher.get("type", "PaCaTeacher_ConvMixer") == "PaCaTeacher_ConvMixer", f"teacher type {teacher.get('type')!r}")
+        _require(
+            teacher.get("type", "PaCaTeacher_ConvMixer") == "PaCaTeacher_ConvMixer",
+            f"teacher type {teacher.get('type')!r}",
+        )
         _require(teacher.get("stem_cfg") is None, "a teacher with its own stem (stem_cfg) is not supported")
-        _require(list(teacher.get("embed_dims", arch["embed_dims"])) == list(arch["embed_dims"]), "teacher widths must equal the stage widths")
-        _require((teacher.get("norm_cfg") or {"type": "BN"})["type"] in ("BN", "SyncBN", "BN2d"), "teacher norm must be BatchNorm")
+        _require(
+            list(teacher.get("embed_dims", arch["embed_dims"])) == list(arch["embed_dims"]),
+            "teacher widths must equal the stage widths",
+        )
+        _require(
+            (teacher.get("norm_cfg") or {"type": "BN"})["type"] in ("BN", "SyncBN", "BN2d"),
+            "teacher norm must be BatchNorm",
+        )
         teacher_kwargs = dict(
             use_clustering_teacher=True,
             teacher_depths=list(teacher["depths"]),
@@ -145,31 +161,55 @@ def _block(m: re.Match) -> str:
 
 def _clustering_key(m: re.Match, config: PaCaViTConfig) -> str:
     index, param = int(m.group(3)), m.group(4)
-    names = {"conv": {0: "dwconv", 2: "pwconv", 4: "to_clusters"}, "mlp": {0: "fc", 2: "to_clusters"}, "linear": {0: "to_clusters"}}
+    names = {
+        "conv": {0: "dwconv", 2: "pwconv", 4: "to_clusters"},
+        "mlp": {0: "fc", 2: "to_clusters"},
+        "linear": {0: "to_clusters"},
+    }
     name = names[config.clustering_type].get(index)
     if name is None:
-        raise ConversionError(f"clustering layer index {index} does not exist in {config.clustering_type!r} clustering")
+        raise ConversionError(
+            f"clustering layer index {index} does not exist in {config.clustering_type!r} clustering"
+        )
     return _block(m) + f"attention.clustering.{name}.{param}"
 
 
 _RULES: list[tuple[re.Pattern, object]] = [
-    (re.compile(r"^patch_embed\.proj\.([01])\.(weight|bias)$"), lambda m, c: f"embeddings.projection.{m.group(1)}.{m.group(2)}"),
+    (
+        re.compile(r"^patch_embed\.proj\.([01])\.(weight|bias)$"),
+        lambda m, c: f"embeddings.projection.{m.group(1)}.{m.group(2)}",
+    ),
     (re.compile(r"^patch_embed\.norm\.(weight|bias)$"), lambda m, c: f"embeddings.layernorm.{m.group(1)}"),
-    (re.compile(r"^transition(\d+)\.proj\.(weight|bias)$"), lambda m, c: f"stages.{int(m.group(1))}.downsample.projection.{m.group(2)}"),
-    (re.compile(r"^transition(\d+)\.norm\.(weight|bias)$"), lambda m, c: f"stages.{int(m.group(1))}.downsample.layernorm.{m.group(2)}"),
+    (
+        re.compile(r"^transition(\d+)\.proj\.(weight|bias)$"),
+        lambda m, c: f"stages.{int(m.group(1))}.downsample.projection.{m.group(2)}",
+    ),
+    (
+        re.compile(r"^transition(\d+)\.norm\.(weight|bias)$"),
+        lambda m, c: f"stages.{int(m.group(1))}.downsample.layernorm.{m.group(2)}",
+    ),
     (re.compile(r"^norm(\d+)\.(weight|bias)$"), lambda m, c: f"stages.{_stage(m)}.layernorm.{m.group(2)}"),
     (re.compile(_BLOCK + r"pos_embed$"), lambda m, c: _block(m) + "position_embeddings"),
     (re.compile(_BLOCK + r"gamma([12])$"), lambda m, c: _block(m) + f"layer_scale_{m.group(3)}"),
     (re.compile(_BLOCK + r"norm1_before\.(weight|bias)$"), lambda m, c: _block(m) + f"norm1.{m.group(3)}"),
-    (re.compile(_BLOCK + r"norm1_after\.(weight|bias)$"), lambda m, c: _block(m) + f"post_attention_norm.{m.group(3)}"),
+    (
+        re.compile(_BLOCK + r"norm1_after\.(weight|bias)$"),
+        lambda m, c: _block(m) + f"post_attention_norm.{m.group(3)}",
+    ),
     (re.compile(_BLOCK + r"norm2_before\.(weight|bias)$"), lambda m, c: _block(m) + f"norm2.{m.group(3)}"),
     (re.compile(_BLOCK + r"norm2_after\.(weight|bias)$"), lambda m, c: _block(m) + f"post_mlp_norm.{m.group(3)}"),
     (re.compile(_BLOCK + r"attn\.q\.(weight|bias)$"), lambda m, c: _block(m) + f"attention.query.{m.group(3)}"),
     (re.compile(_BLOCK + r"attn\.proj\.(weight|bias)$"), lambda m, c: _block(m) + f"attention.dense.{m.group(3)}"),
-    (re.compile(_BLOCK + r"attn\.cluster_norm\.(weight|bias)$"), lambda m, c: _block(m) + f"attention.cluster_norm.{m.group(3)}"),
+    (
+        re.compile(_BLOCK + r"attn\.cluster_norm\.(weight|bias)$"),
+        lambda m, c: _block(m) + f"attention.cluster_norm.{m.group(3)}",
+    ),
     (re.compile(_BLOCK + r"attn\.cluster_pos_enc$"), lambda m, c: _block(m) + "attention.cluster_position_embeddings"),
     (re.compile(_BLOCK + r"attn\.clustering\.clustering\.(\d+)\.(weight|bias)$"), _clustering_key),
-    (re.compile(_BLOCK + r"mlp\.fc([12])\.(weight|bias)$"), lambda m, c: _block(m) + f"mlp.fc{m.group(3)}.{m.group(4)}"),
+    (
+        re.compile(_BLOCK + r"mlp\.fc([12])\.(weight|bias)$"),
+        lambda m, c: _block(m) + f"mlp.fc{m.group(3)}.{m.group(4)}",
+    ),
     (re.compile(_BLOCK + r"mlp\.dwconv\.dwconv\.(weight|bias)$"), lambda m, c: _block(m) + f"mlp.dwconv.{m.group(3)}"),
 ]
 
@@ -262,7 +302,9 @@ def convert_backbone_state_dict(
     for new_key, parts in pending_kv.items():
         if set(parts) != {"k", "v"}:
             missing = "v" if "k" in parts else "k"
-            raise ConversionError(f"Checkpoint has only one half of a key/value pair: attn.{missing} is missing for {new_key}.")
+            raise ConversionError(
+                f"Checkpoint has only one half of a key/value pair: attn.{missing} is missing for {new_key}."
+            )
         converted[new_key] = torch.cat([parts["k"], parts["v"]], dim=0)
         report.mapped += 2
 
@@ -289,10 +331,7 @@ def convert_backbone_state_dict(
 # End to end
 # --------------------------------------------------------------------------------------------
 def build_backbone_config(
-    state_dict: dict,
-    task: str,
-    preset: str | None = None,
-    original_config: dict | None = None,
+    state_dict: dict, task: str, preset: str | None = None, original_config: dict | None = None
 ) -> PaCaViTConfig:
     """The architecture of `state_dict` (backbone keys, without mmseg/mmdet's `backbone.`): a preset or original
     builder name, with the cluster counts the weights have (dense-task checkpoints are trained with others), or

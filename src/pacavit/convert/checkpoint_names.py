@@ -108,10 +108,10 @@ def checkpoint_stem(name: str | Path) -> str:
 def parse_checkpoint_name(name: str | Path) -> CheckpointName:
     """Preset, task and head of a released file from its name; a clear error for any other name."""
     stem = checkpoint_stem(name)
-    for pattern, task, head, dataset in _PATTERNS:
+    for pattern, *meaning in _PATTERNS:
         match = pattern.match(stem)
         if match:
-            builder = match.group(1)
+            builder, (task, head, dataset) = match.group(1), meaning
             break
     else:
         if stem.startswith("pacavit_"):  # a bare builder name: the ImageNet classifier

@@ -207,9 +207,7 @@ def detector_settings(head: dict | None, state_dict: dict) -> dict:
             "RPN feat_channels must equal in_channels",
         )
     if roi:
-        _require(
-            roi.get("type", "StandardRoIHead") == "StandardRoIHead", f"roi_head type {roi.get('type')!r}"
-        )
+        _require(roi.get("type", "StandardRoIHead") == "StandardRoIHead", f"roi_head type {roi.get('type')!r}")
         for name, size_key in (
             ("bbox_roi_extractor", "roi_output_size"),
             ("mask_roi_extractor", "mask_roi_output_size"),
@@ -226,8 +224,7 @@ def detector_settings(head: dict | None, state_dict: dict) -> dict:
         bbox = roi.get("bbox_head") or {}
         if bbox:
             _require(
-                bbox.get("type", "Shared2FCBBoxHead") == "Shared2FCBBoxHead",
-                f"bbox_head type {bbox.get('type')!r}",
+                bbox.get("type", "Shared2FCBBoxHead") == "Shared2FCBBoxHead", f"bbox_head type {bbox.get('type')!r}"
             )
             _require(not bbox.get("reg_class_agnostic", False), "class-agnostic box regression")
             stds = (bbox.get("bbox_coder") or {}).get("target_stds", [0.1, 0.1, 0.2, 0.2])
@@ -268,8 +265,7 @@ def detector_settings(head: dict | None, state_dict: dict) -> dict:
     num_anchors = shape("rpn_head.rpn_cls.weight")[0]
     ratios = settings.get("anchor_aspect_ratios", [0.5, 1.0, 2.0])
     _require(
-        num_anchors == len(ratios),
-        f"rpn_cls has {num_anchors} anchors per position, the anchor config {len(ratios)}",
+        num_anchors == len(ratios), f"rpn_cls has {num_anchors} anchors per position, the anchor config {len(ratios)}"
     )
     _require(
         shape("rpn_head.rpn_cls.weight")[0] * 4 == shape("rpn_head.rpn_reg.weight")[0],
@@ -303,18 +299,14 @@ def build_maskrcnn_config(
         original_config_backbone = original_config
     backbone_keys = OrderedDict((k[len(BACKBONE_PREFIX) :], v) for k, v in backbone_entries(state_dict).items())
     if not backbone_keys:
-        raise ConversionError(
-            "The checkpoint has no 'backbone.' keys: it is not an mmdet Mask R-CNN checkpoint."
-        )
+        raise ConversionError("The checkpoint has no 'backbone.' keys: it is not an mmdet Mask R-CNN checkpoint.")
     backbone = build_backbone_config(backbone_keys, BACKBONE, preset, original_config_backbone)
     settings = detector_settings(_head_dicts(original_config), state_dict)
     num_labels = settings.pop("num_labels")
     if class_names is None and num_labels == len(COCO_CLASSES):
         class_names = list(COCO_CLASSES)
     if class_names is not None and len(class_names) != num_labels:
-        raise ConversionError(
-            f"meta.dataset_meta.classes has {len(class_names)} names for {num_labels} classes."
-        )
+        raise ConversionError(f"meta.dataset_meta.classes has {len(class_names)} names for {num_labels} classes.")
     names = class_names or [f"LABEL_{i}" for i in range(num_labels)]
     return PaCaViTMaskRCNNConfig.from_backbone_config(
         backbone,
@@ -362,9 +354,7 @@ def convert_maskrcnn_checkpoint(
     state_dict = extract_state_dict(raw, use_ema=use_ema)
     meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
     class_names = (meta.get("dataset_meta") or {}).get("classes")
-    config = build_maskrcnn_config(
-        state_dict, preset, original_config, list(class_names) if class_names else None
-    )
+    config = build_maskrcnn_config(state_dict, preset, original_config, list(class_names) if class_names else None)
     converted, report = convert_maskrcnn_state_dict(state_dict, config)
     model = save_converted_model(
         PaCaViTForInstanceSegmentation, config, converted, output_dir, default_image_processor(config)

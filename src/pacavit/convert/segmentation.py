@@ -43,11 +43,7 @@ _BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 _CONV_MODULE = [(r"conv\.weight", "conv.weight"), (rf"bn\.{_BN}", r"batch_norm.\1")]
 
 # (pattern on the key without `decode_head.`/`auxiliary_head.`, replacement); the first match wins.
-PACA_HEAD_RULES = [
-    (r"convs\.(\d+)\.", r"convs.\1."),
-    (r"q\.0\.", "query."),
-    (r"clustering\.0\.", "cluster_proj."),
-]
+PACA_HEAD_RULES = [(r"convs\.(\d+)\.", r"convs.\1."), (r"q\.0\.", "query."), (r"clustering\.0\.", "cluster_proj.")]
 PACA_HEAD_PLAIN = [
     (r"clustering\.1\.(weight|bias)", r"cluster_logits.\1"),
     (r"k\.0\.(weight|bias)", r"key.dense.\1"),
@@ -68,9 +64,7 @@ FCN_HEAD_MODULES = [(r"convs\.(\d+)\.", r"convs.\1."), (r"conv_cat\.", "conv_cat
 CLASSIFIER = [(r"conv_seg\.(weight|bias)", r"classifier.\1")]
 
 # Keys of an mmseg checkpoint that hold no model weights.
-DROPPED = {
-    "data_preprocessor.": "data pre-processor constants (mean/std): the saved image processor carries them",
-}
+DROPPED = {"data_preprocessor.": "data pre-processor constants (mean/std): the saved image processor carries them"}
 
 
 def _rules(modules, plain):
@@ -122,8 +116,13 @@ def head_config_from_original(head: dict, backbone: PaCaViTConfig) -> dict:
     _require(isinstance(decode, dict), "no decode_head dict")
     _require(decode.get("type") in _HEAD_TYPES, f"decode_head.type={decode.get('type')!r}; one of {list(_HEAD_TYPES)}")
     head_type = _HEAD_TYPES[decode["type"]]
-    _require(list(decode.get("in_index", [0, 1, 2, 3])) == list(range(backbone.num_stages)), "in_index must use every stage")
-    _require(list(decode["in_channels"]) == list(backbone.hidden_sizes), f"in_channels {decode['in_channels']} != stage widths {backbone.hidden_sizes}")
+    _require(
+        list(decode.get("in_index", [0, 1, 2, 3])) == list(range(backbone.num_stages)), "in_index must use every stage"
+    )
+    _require(
+        list(decode["in_channels"]) == list(backbone.hidden_sizes),
+        f"in_channels {decode['in_channels']} != stage widths {backbone.hidden_sizes}",
+    )
     _require(not decode.get("align_corners", False), "align_corners=True")
     _require((decode.get("act_cfg") or {"type": "ReLU"})["type"] == "ReLU", "act_cfg must be ReLU")
     for cfg in (decode, auxiliary or {}):
@@ -144,10 +143,17 @@ def head_config_from_original(head: dict, backbone: PaCaViTConfig) -> dict:
         fields["pool_scales"] = list(decode.get("pool_scales", (1, 2, 3, 6)))
         fields["use_auxiliary_head"] = auxiliary is not None
         if auxiliary is not None:
-            _require(auxiliary.get("type") == "FCNHead", f"auxiliary_head.type={auxiliary.get('type')!r} (only FCNHead)")
+            _require(
+                auxiliary.get("type") == "FCNHead", f"auxiliary_head.type={auxiliary.get('type')!r} (only FCNHead)"
+            )
             stage = auxiliary.get("in_index", 2)
-            _require(auxiliary["in_channels"] == backbone.hidden_sizes[stage], "auxiliary in_channels != its stage width")
-            _require(auxiliary.get("kernel_size", 3) == 3 and auxiliary.get("dilation", 1) == 1, "FCN kernel 3, dilation 1 only")
+            _require(
+                auxiliary["in_channels"] == backbone.hidden_sizes[stage], "auxiliary in_channels != its stage width"
+            )
+            _require(
+                auxiliary.get("kernel_size", 3) == 3 and auxiliary.get("dilation", 1) == 1,
+                "FCN kernel 3, dilation 1 only",
+            )
             _require(auxiliary["num_classes"] == decode["num_classes"], "auxiliary num_classes differs")
             fields.update(
                 auxiliary_stage=stage + 1,
@@ -161,7 +167,10 @@ def head_config_from_original(head: dict, backbone: PaCaViTConfig) -> dict:
 
 def head_config_from_state_dict(state_dict: dict, backbone: PaCaViTConfig) -> dict:
     """The same fields read off the head tensors' shapes (for `--preset` conversions)."""
-    _require("decode_head.conv_seg.weight" in state_dict, "the checkpoint has no decode_head.conv_seg (not an mmseg segmentor?)")
+    _require(
+        "decode_head.conv_seg.weight" in state_dict,
+        "the checkpoint has no decode_head.conv_seg (not an mmseg segmentor?)",
+    )
     num_labels, channels = state_dict["decode_head.conv_seg.weight"].shape[:2]
     if "decode_head.clustering.1.weight" in state_dict:
         return dict(decode_head_type="paca", decode_head_hidden_size=channels, num_labels=num_labels)
@@ -198,7 +207,9 @@ def convert_segmentation_state_dict(state_dict: dict, config: PaCaViTSegmentatio
     """Map an mmseg state dict to `PaCaViTForSemanticSegmentation` keys; returns (state dict, ConversionReport)."""
     backbone = backbone_entries(state_dict)
     if not backbone:
-        raise ConversionError("No 'backbone.' keys: an mmseg segmentor checkpoint keeps the PaCa-ViT under 'backbone.'.")
+        raise ConversionError(
+            "No 'backbone.' keys: an mmseg segmentor checkpoint keeps the PaCa-ViT under 'backbone.'."
+        )
     converted, report = convert_backbone_state_dict(backbone, config, task=BACKBONE)
     unknown = []
     for key, value in state_dict.items():
@@ -222,12 +233,18 @@ def convert_segmentation_state_dict(state_dict: dict, config: PaCaViTSegmentatio
     return converted, report
 
 
-def build_segmentation_config(state_dict: dict, preset: str | None, original_config: dict | None) -> PaCaViTSegmentationConfig:
+def build_segmentation_config(
+    state_dict: dict, preset: str | None, original_config: dict | None
+) -> PaCaViTSegmentationConfig:
     """The segmentor's config: the backbone's (`build_backbone_config`) plus the head's, from the JSON's head dicts
     or read off the head tensors."""
     backbone_keys = {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
     head_dicts = original_head_dicts(original_config) if original_config else None
-    if original_config is not None and "original_constructor" not in original_config and "arch_cfg" not in original_config:
+    if (
+        original_config is not None
+        and "original_constructor" not in original_config
+        and "arch_cfg" not in original_config
+    ):
         # a manifest-style JSON: head dicts only, the backbone comes from --preset
         backbone = build_backbone_config(backbone_keys, BACKBONE, preset=preset)
     else:
@@ -237,7 +254,9 @@ def build_segmentation_config(state_dict: dict, preset: str | None, original_con
     if head_dicts is not None:
         fields = head_config_from_original(head_dicts, backbone)
     elif original_config is not None:
-        raise ConversionError("The --original-config JSON has no 'head' field (needed for --task semantic-segmentation).")
+        raise ConversionError(
+            "The --original-config JSON has no 'head' field (needed for --task semantic-segmentation)."
+        )
     else:
         fields = head_config_from_state_dict(state_dict, backbone)
     return PaCaViTSegmentationConfig.from_backbone_config(backbone, **fields)

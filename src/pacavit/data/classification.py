@@ -48,9 +48,7 @@ def digits_to_pil(pixels: np.ndarray, max_value: int = DIGITS_MAX_VALUE) -> PILI
     if pixels.ndim != 2:
         raise ValueError(f"Expected a 2-D image array, got shape {pixels.shape}.")
     if pixels.min() < 0 or pixels.max() > max_value:
-        raise ValueError(
-            f"Digit pixel values must lie in 0..{max_value}, got {pixels.min()}..{pixels.max()}."
-        )
+        raise ValueError(f"Digit pixel values must lie in 0..{max_value}, got {pixels.min()}..{pixels.max()}.")
     scaled = np.rint(pixels * (255.0 / max_value)).astype(np.uint8)
     return PILImage.fromarray(scaled, mode="L").convert("RGB")
 
@@ -86,9 +84,7 @@ def split_train_validation(dataset, validation_fraction: float, seed: int, label
         raise ValueError(f"The validation fraction must be in (0, 1), got {validation_fraction}.")
     stratify = label_column if isinstance(dataset.features.get(label_column), datasets.ClassLabel) else None
     try:
-        split = dataset.train_test_split(
-            test_size=validation_fraction, seed=seed, stratify_by_column=stratify
-        )
+        split = dataset.train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column=stratify)
     except ValueError:  # e.g. a class with a single example cannot be stratified
         split = dataset.train_test_split(test_size=validation_fraction, seed=seed)
     return datasets.DatasetDict(train=split["train"], validation=split["test"])

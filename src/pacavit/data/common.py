@@ -64,9 +64,7 @@ def decode_image(value: Any, index: int | None = None, split: str | None = None)
         ) from error
 
 
-def find_corrupt_images(
-    dataset, image_column: str = "image", split: str | None = None
-) -> list[tuple[int, str]]:
+def find_corrupt_images(dataset, image_column: str = "image", split: str | None = None) -> list[tuple[int, str]]:
     """Try to decode every image of a 🤗 dataset; return `(index, message)` for each one that fails."""
     import datasets
 

@@ -1,4 +1,5 @@
-"""Instance-segmentation data (COCO format): built-in digit scenes, COCO folders, 🤗 Datasets, mmdet-style augmentation.
+"""Instance-segmentation data (COCO format): built-in digit scenes, COCO folders, 🤗 Datasets, mmdet-style
+augmentation.
 
 - `build_digit_scenes_coco(root)`: the default, offline data, written as a COCO-format folder
   (`root/{train,validation}/*.png` + `root/annotations/instances_{train,validation}.json`). Each scene is a
@@ -32,6 +33,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..extras import require
+from ..image_processing_pacavit_maskrcnn import mmdet_rescale_size, resize_bilinear_uint8, to_uint8_chw
+from .common import decode_image
+
 logger = logging.getLogger(__name__)
 
 DIGIT_CLASSES = [f"digit {d}" for d in range(10)]
@@ -40,21 +45,9 @@ CROP_PRE_RESIZE_SHORT_SIDES = (400, 500, 600)
 CROP_SIZE_RANGE = (384, 600)
 
 
-def _require_pycocotools():
-    try:
-        from pycocotools import mask as mask_utils
-        from pycocotools.coco import COCO
-    except ImportError as error:
-        raise ImportError(
-            "COCO data and evaluation need pycocotools: pip install 'pacavit[detection]' (torchvision, pycocotools)."
-        ) from error
-    return COCO, mask_utils
-
-
 def coco_from_dict(data: dict):
     """A pycocotools `COCO` index built from an in-memory COCO dict (no file needed, no prints)."""
-    COCO, _ = _require_pycocotools()
-    coco = COCO()
+    coco = require("pycocotools.coco", purpose="COCO data").COCO()
     coco.dataset = copy.deepcopy(data)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "creating index..."
         coco.createIndex()
@@ -82,9 +75,7 @@ def _digit_scene(rng: np.random.Generator, images: np.ndarray, targets: np.ndarr
             continue
         occupied[top : top + glyph, left : left + glyph] = True
         index = int(rng.integers(len(targets)))
-        scan = Image.fromarray((images[index] / 16.0 * 255).astype(np.uint8)).resize(
-            (glyph, glyph), Image.BILINEAR
-        )
+        scan = Image.fromarray((images[index] / 16.0 * 255).astype(np.uint8)).resize((glyph, glyph), Image.BILINEAR)
         ink = np.asarray(scan, dtype=np.float64) / 255.0
         colour = rng.uniform(0, 1, 3)
         window = scene[top : top + glyph, left : left + glyph]
@@ -109,17 +100,11 @@ def build_digit_scenes_coco(
     `digits`: the digit classes the scenes are made of (category id `d + 1`, name `digit <d>`)."""
     from sklearn.datasets import load_digits
 
-    _, mask_utils = _require_pycocotools()
+    mask_utils = require("pycocotools.mask", purpose="COCO masks")
     root = Path(root)
     marker = root / "annotations" / "DONE.json"
     digits = [int(d) for d in digits]
-    settings = {
-        "num_train": num_train,
-        "num_validation": num_validation,
-        "size": size,
-        "seed": seed,
-        "digits": digits,
-    }
+    settings = {"num_train": num_train, "num_validation": num_validation, "size": size, "seed": seed, "digits": digits}
     if marker.exists() and json.loads(marker.read_text()) == settings:
         return root
     scans = load_digits()
@@ -127,11 +112,7 @@ def build_digit_scenes_coco(
     chosen = np.isin(scans.target, digits)
     pools = {
         "train": (scans.images[:split][chosen[:split]], scans.target[:split][chosen[:split]], num_train),
-        "validation": (
-            scans.images[split:][chosen[split:]],
-            scans.target[split:][chosen[split:]],
-            num_validation,
-        ),
+        "validation": (scans.images[split:][chosen[split:]], scans.target[split:][chosen[split:]], num_validation),
     }
     categories = [{"id": d + 1, "name": DIGIT_CLASSES[d], "supercategory": "digit"} for d in digits]
     (root / "annotations").mkdir(parents=True, exist_ok=True)
@@ -171,24 +152,18 @@ def load_coco_folder(images_dir: str | Path, annotation_file: str | Path):
     """(`COCO` ground truth, list of image paths in `coco.getImgIds()` order) of a COCO-format folder."""
     images_dir, annotation_file = Path(images_dir), Path(annotation_file)
     if not annotation_file.exists():
-        raise FileNotFoundError(
-            f"COCO annotation file {annotation_file} not found (expected instances_<split>.json)."
-        )
+        raise FileNotFoundError(f"COCO annotation file {annotation_file} not found (expected instances_<split>.json).")
     coco = coco_from_dict(json.loads(annotation_file.read_text()))
     paths = []
     for image_id in sorted(coco.getImgIds()):
         path = images_dir / coco.imgs[image_id]["file_name"]
         if not path.exists():
-            raise FileNotFoundError(
-                f"Image {path} (image id {image_id} of {annotation_file}) does not exist."
-            )
+            raise FileNotFoundError(f"Image {path} (image id {image_id} of {annotation_file}) does not exist.")
         paths.append(path)
     return coco, paths
 
 
-def coco_from_hf_dataset(
-    dataset, image_column: str = "image", objects_column: str = "objects", class_names=None
-):
+def coco_from_hf_dataset(dataset, image_column: str = "image", objects_column: str = "objects", class_names=None):
     """COCO ground truth + images from a 🤗 dataset in the Hub's detection layout: an image column and an
     `objects` column with `bbox` (x, y, w, h), `category` (0-based class ids) and, optionally, `segmentation`
     (polygons or RLE), `iscrowd`, `area` and `id`. Category ids are the class ids + 1."""
@@ -254,8 +229,9 @@ def clip_boxes(boxes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, 
 
 
 class CocoInstanceDataset(torch.utils.data.Dataset):
-    """Items `{"image": PIL RGB, "image_id": int, "boxes": (N, 4) x1 y1 x2 y2, "class_labels": (N,), "masks": (N, H, W)}`
-    of the non-crowd annotations of a `COCO` ground truth; `images` are paths or PIL images in sorted id order."""
+    """The non-crowd annotations of a `COCO` ground truth as items `{"image": PIL RGB, "image_id": int, "boxes":
+    (N, 4) x1 y1 x2 y2, "class_labels": (N,), "masks": (N, H, W)}`; `images` are paths or PIL images in sorted id
+    order."""
 
     def __init__(self, coco, images, transform=None) -> None:
         self.coco = coco
@@ -281,9 +257,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         for a, kept in zip(annotations, keep):
             if not kept:
                 logger.warning(
-                    "annotation %s of image %s has no area inside the image; it is dropped",
-                    a.get("id"),
-                    image_id,
+                    "annotation %s of image %s has no area inside the image; it is dropped", a.get("id"), image_id
                 )
         annotations = [a for a, kept in zip(annotations, keep) if kept]
         masks = (
@@ -301,8 +275,6 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         }
 
     def __getitem__(self, index: int) -> dict:
-        from .common import decode_image
-
         item = self.target(index)
         item["image"] = decode_image(self.images[index], index)
         return self.transform(item) if self.transform is not None else item
@@ -312,8 +284,6 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
 # Augmentation (the PaCa COCO recipe) and batching
 # --------------------------------------------------------------------------------------------
 def _resize_item(image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]):
-    from ..image_processing_pacavit_maskrcnn import resize_bilinear_uint8
-
     height, width = image.shape[-2:]
     sy, sx = size[0] / height, size[1] / width
     image = resize_bilinear_uint8(image, size)
@@ -350,8 +320,6 @@ class DetectionTransform:
         self.generator = np.random.default_rng(seed)
 
     def __call__(self, item: dict) -> dict:
-        from ..image_processing_pacavit_maskrcnn import to_uint8_chw, mmdet_rescale_size
-
         image = to_uint8_chw(item["image"])
         masks, boxes, labels = item["masks"].to(torch.uint8), item["boxes"].float(), item["class_labels"]
         if self.train:
@@ -359,9 +327,7 @@ class DetectionTransform:
             if rng.random() < self.flip_probability:
                 width = image.shape[-1]
                 image, masks = image.flip(-1), masks.flip(-1)
-                boxes = torch.stack(
-                    [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1
-                )
+                boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
             if rng.random() < self.crop_probability:
                 short = int(rng.choice(self.crop_pre_resize_short_sides))
                 image, masks, boxes = _resize_item(

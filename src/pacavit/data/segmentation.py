@@ -38,7 +38,9 @@ def _scene(rng: np.random.Generator, digits: np.ndarray, size: int) -> tuple[np.
     for _ in range(rng.integers(1, 4)):
         index = rng.integers(len(targets))
         glyph_size = int(rng.integers(size * 3 // 8, size * 5 // 8 + 1))
-        glyph = Image.fromarray((images[index] / 16.0 * 255).astype(np.uint8)).resize((glyph_size, glyph_size), Image.BILINEAR)
+        glyph = Image.fromarray((images[index] / 16.0 * 255).astype(np.uint8)).resize(
+            (glyph_size, glyph_size), Image.BILINEAR
+        )
         ink = np.asarray(glyph, dtype=np.float64) / 255.0
         top, left = rng.integers(0, size - glyph_size + 1, 2)
         colour = rng.uniform(0, 0.3, 3)
@@ -65,7 +67,10 @@ def load_digit_scenes(num_train: int = 1000, num_validation: int = 100, size: in
         rng = np.random.default_rng([seed, offset])
         pairs = [_scene(rng, (images, targets), size) for _ in range(count)]
         out[name] = datasets.Dataset.from_dict(
-            {"image": [Image.fromarray(s) for s, _ in pairs], "annotation": [Image.fromarray(l) for _, l in pairs]},
+            {
+                "image": [Image.fromarray(s) for s, _ in pairs],
+                "annotation": [Image.fromarray(label) for _, label in pairs],
+            },
             features=features,
         )
     return datasets.DatasetDict(out)
@@ -83,7 +88,8 @@ def _folder_dataset(image_dir: Path, mask_dir: Path):
     if not images or missing:
         raise ValueError(
             f"{image_dir}: {'no images' if not images else f'{len(missing)} images without a mask in {mask_dir}'}"
-            f"{(': ' + ', '.join(missing[:5])) if missing else ''}. Masks need the image's file name (any image extension)."
+            f"{(': ' + ', '.join(missing[:5])) if missing else ''}. "
+            "Masks need the image's file name (any image extension)."
         )
     features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
     return datasets.Dataset.from_dict(
@@ -115,7 +121,11 @@ def load_segmentation_dataset(
                     f"Dataset {dataset_name!r} split {split!r} has no column(s) {missing}; its columns are "
                     f"{ds.column_names}. Pass --image_column/--annotation_column."
                 )
-        raw = raw.rename_columns({image_column: "image", annotation_column: "annotation"} if image_column != "image" or annotation_column != "annotation" else {})
+        raw = raw.rename_columns(
+            {image_column: "image", annotation_column: "annotation"}
+            if image_column != "image" or annotation_column != "annotation"
+            else {}
+        )
         if "validation" not in raw:
             if "test" in raw:
                 raw["validation"] = raw.pop("test")
@@ -138,7 +148,9 @@ def load_segmentation_dataset(
     )
 
 
-def mask_to_array(mask: Image.Image, num_labels: int, reduce_labels: bool, ignore_index: int = 255, where: str = "") -> np.ndarray:
+def mask_to_array(
+    mask: Image.Image, num_labels: int, reduce_labels: bool, ignore_index: int = 255, where: str = ""
+) -> np.ndarray:
     """A class-index array from a mask image; `reduce_labels` maps 0 -> ignore and k -> k-1 (ADE20K). A clear error
     for colour masks and values outside the classes."""
     array = np.asarray(mask)
@@ -157,9 +169,12 @@ def mask_to_array(mask: Image.Image, num_labels: int, reduce_labels: bool, ignor
     bad = (array >= num_labels) & (array != ignore_index)
     if bad.any():
         values = sorted(np.unique(array[bad]).tolist())
+        reduce_hint = (
+            " or drop --do_reduce_labels" if reduce_labels else " or use --do_reduce_labels (ADE20K: 0 = other)"
+        )
         raise ValueError(
             f"{where}mask values {values[:8]} are not classes 0..{num_labels - 1} (or {ignore_index} = ignore). "
-            f"Check --num_labels/id2label{' or drop --do_reduce_labels' if reduce_labels else ' or use --do_reduce_labels (ADE20K: 0 = other)'}."
+            f"Check --num_labels/id2label{reduce_hint}."
         )
     return array
 
@@ -177,9 +192,21 @@ class SegmentationTransform:
     eval: the same keep-ratio resize with ratio 1, and the ORIGINAL mask kept for scoring at its resolution.
     """
 
-    def __init__(self, *, train: bool, crop_size: int, scale: tuple[int, int], image_mean, image_std, num_labels: int,
-                 reduce_labels: bool = False, ratio_range=(0.5, 2.0), flip_prob: float = 0.5,
-                 photometric: bool = True, ignore_index: int = 255):
+    def __init__(
+        self,
+        *,
+        train: bool,
+        crop_size: int,
+        scale: tuple[int, int],
+        image_mean,
+        image_std,
+        num_labels: int,
+        reduce_labels: bool = False,
+        ratio_range=(0.5, 2.0),
+        flip_prob: float = 0.5,
+        photometric: bool = True,
+        ignore_index: int = 255,
+    ):
         from torchvision.transforms import v2
 
         self.train, self.crop_size, self.scale = train, crop_size, tuple(scale)
@@ -215,7 +242,10 @@ class SegmentationTransform:
                 target = TF.pad(target[None], [0, 0, pad_w, pad_h], fill=self.ignore_index)[0]
             top = int(np.random.randint(0, pixels.shape[1] - crop + 1))
             left = int(np.random.randint(0, pixels.shape[2] - crop + 1))
-            pixels, target = pixels[:, top : top + crop, left : left + crop], target[top : top + crop, left : left + crop]
+            pixels, target = (
+                pixels[:, top : top + crop, left : left + crop],
+                target[top : top + crop, left : left + crop],
+            )
             if np.random.rand() < self.flip_prob:
                 pixels, target = pixels.flip(-1), target.flip(-1)
             if self.photometric is not None:
@@ -236,7 +266,7 @@ def collate_segmentation(batch: list[dict]) -> dict:
             "--per_device_eval_batch_size 1 (as mmseg does) or resize all images to one size."
         )
     labels = [item["labels"] for item in batch]
-    same = len({tuple(l.shape) for l in labels}) == 1
+    same = len({tuple(label.shape) for label in labels}) == 1
     return {
         "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
         "labels": torch.stack(labels) if same else labels,

@@ -133,6 +133,7 @@ def write_model_card(
     card.save(str(path))
     return card
 
+
 # --------------------------------------------------------------------------------------------
 # The cards of the released checkpoints
 # --------------------------------------------------------------------------------------------
@@ -235,14 +236,17 @@ def usage_snippet(release: dict) -> str:
         )
     if release["section"] == "ade20k":
         return header.format(auto="AutoModelForSemanticSegmentation") + (
-            "segmentation = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]\n"
+            "segmentation = processor.post_process_semantic_segmentation("
+            "outputs, target_sizes=[image.size[::-1]])[0]\n"
             "print(segmentation.shape, segmentation.unique())  # (480, 640) ADE20K class indices\n"
         )
     return header.format(auto="AutoModelForObjectDetection") + (
-        "detections = processor.post_process_object_detection(outputs, threshold=0.5, target_sizes=[image.size[::-1]])[0]\n"
+        "detections = processor.post_process_object_detection("
+        "outputs, threshold=0.5, target_sizes=[image.size[::-1]])[0]\n"
         "for score, label, box in zip(detections['scores'], detections['labels'], detections['boxes']):\n"
-        '    print(model.config.id2label[int(label)], round(float(score), 3), box.tolist())\n'
-        "instances = processor.post_process_instance_segmentation(outputs, threshold=0.5, target_sizes=[image.size[::-1]])[0]\n"
+        "    print(model.config.id2label[int(label)], round(float(score), 3), box.tolist())\n"
+        "instances = processor.post_process_instance_segmentation("
+        "outputs, threshold=0.5, target_sizes=[image.size[::-1]])[0]\n"
         "print(instances['segmentation'].shape, len(instances['segments_info']))\n"
     )
 
@@ -259,14 +263,20 @@ def _metrics_table(release: dict) -> str:
     readme = release["readme_params"].rstrip("M")
     if abs(float(readme) - round(release["parameters"] / 1e6, 1)) > 0.051:
         params += f"; the README says {readme}M, see the notes"
-    unit = "224x224" if release["section"] == "imagenet" else ("1280x800" if release["section"] == "coco" else "512x512")
+    unit = (
+        "224x224" if release["section"] == "imagenet" else ("1280x800" if release["section"] == "coco" else "512x512")
+    )
     rows = [("parameters", params), (f"FLOPs (README, {unit})", f"{release['flops']}G"), *rows]
     return "| | |\n|---|---|\n" + "\n".join(f"| {name} | {value} |" for name, value in rows)
 
 
 def _head_text(release: dict) -> str:
     if release["section"] == "ade20k":
-        return "the PaCa segmentation head" if release["head"] == "paca" else "a UperNet head (with the auxiliary FCN head)"
+        return (
+            "the PaCa segmentation head"
+            if release["head"] == "paca"
+            else "a UperNet head (with the auxiliary FCN head)"
+        )
     return ""
 
 
@@ -300,7 +310,9 @@ def render_card(release: dict) -> str:
             f"`{release['model_file']}` published, it would convert with `python -m pacavit.convert --checkpoint "
             f"{release['model_file']} --output-dir converted`."
         )
-    reported = "The numbers are those reported by the authors (paper / original README); they were not re-measured here."
+    reported = (
+        "The numbers are those reported by the authors (paper / original README); they were not re-measured here."
+    )
     if not release["attributable"]:
         reported = (
             "The numbers are the README row's, reported by the authors; they may belong to another model than "
@@ -313,20 +325,20 @@ def render_card(release: dict) -> str:
     )
     limitations = (
         "- Trained on "
-        + {"imagenet": "ImageNet-1k (1000 classes)", "coco": "MS-COCO (80 classes)", "ade20k": "ADE20K (150 classes)"}[section]
+        + {"imagenet": "ImageNet-1k (1000 classes)", "coco": "MS-COCO (80 classes)", "ade20k": "ADE20K (150 classes)"}[
+            section
+        ]
         + "; accuracy on other data is unknown, and the usual dataset biases apply.\n"
         "- Loading with `trust_remote_code=True` runs the model files of this repository; alternatively install "
         "the `pacavit` package and `import pacavit` first.\n"
         "- FLOPs are the README's; speed depends on the attention backend (SDPA by default)."
     )
-    sections = {
-        "Results": _metrics_table(release),
-        "Usage": f"```python\n{usage_snippet(release)}```",
-    }
+    sections = {"Results": _metrics_table(release), "Usage": f"```python\n{usage_snippet(release)}```"}
     if section == "imagenet":
         sections["Usage"] += (
             "\n\nWith timm (the `pacavit` package registers the models on import):\n\n```python\n"
-            f"import pacavit, timm\nmodel = timm.create_model(\"{release['preset'].replace('-', '_')}\", pretrained=True)\n```"
+            "import pacavit, timm\n"
+            f'model = timm.create_model("{release["preset"].replace("-", "_")}", pretrained=True)\n```'
         )
     if release["note"]:
         sections["Notes on the original README"] = release["note"]
@@ -349,8 +361,9 @@ def card_for_hub_id(repo_id: str) -> str | None:
     return None
 
 
-def readme_table() -> str:
-    """Markdown table: README row -> released file -> Hub id -> card (for README.md)."""
+def releases_table() -> str:
+    """Markdown table: original README row -> released file -> Hub id -> card, as docs/hub.md shows it (the card
+    links are relative to docs/)."""
     lines = ["| section | README row | released file | Hub id | card |", "|---|---|---|---|---|"]
     for release in RELEASES:
         file_cell = f"`{release['linked_file']}`" + ("" if release["released"] else " (another model's file)")
@@ -358,9 +371,10 @@ def readme_table() -> str:
             file_cell += " ⚠"
         lines.append(
             f"| {release['section']} | {release['row']} | {file_cell} | `{hub_id(release)}` | "
-            f"[{card_name(release)}](model_cards/{card_name(release)}) |"
+            f"[{card_name(release)}](../model_cards/{card_name(release)}) |"
         )
     return "\n".join(lines)
+
 
 __all__ = [
     "CardMetric",
@@ -370,7 +384,7 @@ __all__ = [
     "hardware_section",
     "markdown_table",
     "model_index",
-    "readme_table",
+    "releases_table",
     "recipe_section",
     "render_card",
     "render_model_card",

@@ -1,7 +1,7 @@
 """The released PaCa-ViT checkpoints and the numbers the paper / original README reports for them.
 
 This is the ONE data source of the model cards (`model_cards/`, written by `python model_cards/generate.py`)
-and of the README table "released file -> Hub id -> card". One entry per row of the original README's tables
+and of the table "released file -> Hub id -> card" in docs/hub.md. One entry per row of the original README's tables
 (ImageNet-1k, MS-COCO Mask R-CNN 1x, ADE20K; ablations included), in the README's order.
 
 Fields:
@@ -40,31 +40,31 @@ _SMALL_ABLATIONS = [  # (label, preset suffix, builder suffix)
 ]
 
 
+def _release(section, row, preset, model_file, parameters, readme_params, flops, metrics, linked=None, **fields):
+    """One entry (the fields of the module doc); `fields` overrides `released`/`attributable`/`note` or adds `head`."""
+    entry = dict(section=section, row=row, preset=preset, linked_file=linked or model_file, model_file=model_file)
+    entry.update(parameters=parameters, readme_params=readme_params, flops=flops, metrics=metrics)
+    return {**entry, "released": True, "attributable": True, "note": None, **fields}
+
+
 def _imagenet(row, preset, builder, parameters, readme_params, flops, top1, linked=None, released=True, note=None):
     model_file = f"IMNET_224_{builder}.pth"
-    return dict(
-        section="imagenet", row=row, preset=preset, linked_file=linked or model_file, model_file=model_file,
-        released=released, parameters=parameters, readme_params=readme_params, flops=flops,
-        metrics={"top1": top1}, attributable=True, note=note,
-    )
+    metrics = {"top1": top1}
+    return _release("imagenet", row, preset, model_file, parameters, readme_params, flops, metrics, linked,
+                    released=released, note=note)  # fmt: skip
 
 
 def _coco(row, preset, builder, parameters, readme_params, flops, values, linked=None, attributable=True, note=None):
     model_file = f"mask_rcnn_{builder}_mstrain_480_800_1x_coco.pth"
-    return dict(
-        section="coco", row=row, preset=preset, linked_file=linked or model_file, model_file=model_file,
-        released=True, parameters=parameters, readme_params=readme_params, flops=flops,
-        metrics=dict(zip(COCO_METRICS, values)), attributable=attributable, note=note,
-    )
+    metrics = dict(zip(COCO_METRICS, values))
+    return _release("coco", row, preset, model_file, parameters, readme_params, flops, metrics, linked,
+                    attributable=attributable, note=note)  # fmt: skip
 
 
 def _ade20k(row, preset, builder, head, parameters, readme_params, flops, miou, linked=None, note=None):
     model_file = f"{'pacahead' if head == 'paca' else 'upernet'}_{builder}_512x512_160k_ade20k.pth"
-    return dict(
-        section="ade20k", row=row, preset=preset, head=head, linked_file=linked or model_file,
-        model_file=model_file, released=True, parameters=parameters, readme_params=readme_params, flops=flops,
-        metrics={"miou": miou}, attributable=True, note=note,
-    )
+    return _release("ade20k", row, preset, model_file, parameters, readme_params, flops, {"miou": miou}, linked,
+                    head=head, note=note)  # fmt: skip
 
 
 _ADE20K_ABLATION_NOTE = (
@@ -75,6 +75,8 @@ _ADE20K_ABLATION_NOTE = (
     "(`downstream_cluster_num`), so this ablation differs from the others only by its ImageNet pre-training."
 )
 
+# a table, one release a row as the original README lists them: kept out of the formatter
+# fmt: off
 RELEASES: list[dict] = [
     # ---------------------------------------------------------------- ImageNet-1k (224x224)
     _imagenet("PaCa-Tiny (conv)", "pacavit-tiny", "pacavit_tiny_p2cconv_100_0", 12_200_680, "12.2M", 3.2, 80.9),
@@ -90,7 +92,9 @@ RELEASES: list[dict] = [
         "gives 48.76M in the ADE20K PaCa-head model, README 48.8M, consistent).",
     ),
     *[
-        _imagenet(label, f"pacavit-small-{suffix}", f"pacavit_small_p2cconv_{builder}", parameters, readme, flops, top1)
+        _imagenet(
+            label, f"pacavit-small-{suffix}", f"pacavit_small_p2cconv_{builder}", parameters, readme, flops, top1
+        )
         for (label, suffix, builder), parameters, readme, flops, top1 in zip(
             _SMALL_ABLATIONS[:4],
             (21_978_120, 22_006_696, 22_227_560, 22_210_696),
@@ -148,7 +152,7 @@ RELEASES: list[dict] = [
                 (46.4, 68.8, 51.0, 41.8, 65.6, 44.6),
                 (46.5, 68.7, 51.0, 41.8, 65.6, 45.0),
             ),
-            ("The README's #params (41.6M) is slightly off: the architecture has 41.75M.", None, None, None, None, None),
+            ("The README's #params (41.6M) is slightly off: the architecture has 41.75M.", *[None] * 5),
         )
     ],
     # ---------------------------------------------------------------- ADE20K (512x512, 160k iterations)
@@ -185,6 +189,7 @@ RELEASES: list[dict] = [
         )
     ],
 ]
+# fmt: on
 
 
 def hub_id(release: dict) -> str:

@@ -1,11 +1,7 @@
-"""Offline evaluation metrics per task (`classification`, ...); `from pacavit.metrics import TopKAccuracy` works."""
+"""Offline evaluation metrics per task (`classification`, `segmentation`, `detection`); the classification metrics
+are also importable from here (`from pacavit.metrics import TopKAccuracy`)."""
 
-from .classification import (
-    TopKAccuracy,
-    confusion_matrix,
-    per_class_accuracy,
-    topk_accuracy,
-    topk_correct,
-    topk_correct_from_predictions,
-    topk_predictions,
-)
+from . import classification
+from .classification import *  # noqa: F403  (exactly classification.__all__)
+
+__all__ = list(classification.__all__)

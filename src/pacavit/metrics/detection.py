@@ -16,21 +16,14 @@ import io
 import numpy as np
 import torch
 
+from ..extras import require
+
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def _pycocotools():
-    try:
-        from pycocotools import mask as mask_utils
-        from pycocotools.cocoeval import COCOeval
-    except ImportError as error:
-        raise ImportError("COCO evaluation needs pycocotools: pip install 'pacavit[detection]'.") from error
-    return mask_utils, COCOeval
 
 
 def predictions_to_coco(image_id: int, prediction: dict, label_to_category: dict[int, int]) -> list[dict]:
     """COCO result entries of one image's predictions (`boxes`, `scores`, `labels`, optional binary `masks`)."""
-    mask_utils, _ = _pycocotools()
+    mask_utils = require("pycocotools.mask", purpose="COCO evaluation")
     boxes = torch.as_tensor(prediction["boxes"], dtype=torch.float64).reshape(-1, 4)
     scores = torch.as_tensor(prediction["scores"]).tolist()
     labels = torch.as_tensor(prediction["labels"]).tolist()
@@ -92,7 +85,7 @@ class CocoEvaluator:
     def compute(self) -> dict[str, float | None]:
         """`{"bbox_AP": ..., "bbox_AP50": ..., "segm_APl": ...}` in [0, 1] (None where the ground truth has no
         object of that size), evaluated on the images seen by `update`."""
-        _, COCOeval = _pycocotools()
+        COCOeval = require("pycocotools.cocoeval", purpose="COCO evaluation").COCOeval
         metrics = {}
         image_ids = sorted(set(self.image_ids))
         for iou_type in self.iou_types:

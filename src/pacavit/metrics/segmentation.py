@@ -21,7 +21,9 @@ import torch
 EVALUATE_MODULE = str(Path(__file__).with_name("pacavit_mean_iou"))
 
 
-def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(
+    predictions: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int = 255
+) -> torch.Tensor:
     """`(num_labels, num_labels)` int64 counts, rows = label, columns = prediction, over the labelled pixels."""
     predictions, labels = torch.as_tensor(predictions), torch.as_tensor(labels)
     if predictions.shape != labels.shape:
@@ -32,13 +34,17 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_labels
     keep = labels != ignore_index
     labels, predictions = labels[keep].long(), predictions[keep].long()
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_labels):
-        raise ValueError(f"labels must be in [0, {num_labels - 1}] or {ignore_index}; got values up to {labels.max().item()}.")
+        raise ValueError(
+            f"labels must be in [0, {num_labels - 1}] or {ignore_index}; got values up to {labels.max().item()}."
+        )
     return torch.bincount(labels * num_labels + predictions, minlength=num_labels**2).view(num_labels, num_labels)
 
 
 def per_image_confusion(predictions, labels, num_labels: int, ignore_index: int = 255) -> torch.Tensor:
     """`(B, K, K)` confusion matrices of a batch (a list of maps of any sizes, or `(B, H, W)` tensors)."""
-    return torch.stack([confusion_matrix(p, l, num_labels, ignore_index) for p, l in zip(predictions, labels)])
+    return torch.stack(
+        [confusion_matrix(pred, label, num_labels, ignore_index) for pred, label in zip(predictions, labels)]
+    )
 
 
 def metrics_from_confusion(confusion: torch.Tensor, id2label: dict | None = None) -> dict:
@@ -70,8 +76,8 @@ class MeanIoU:
         self.confusion = torch.zeros(num_labels, num_labels, dtype=torch.long)
 
     def update(self, predictions, labels) -> None:
-        for p, l in zip(predictions, labels):
-            self.confusion += confusion_matrix(p, l, self.num_labels, self.ignore_index).cpu()
+        for prediction, label in zip(predictions, labels):
+            self.confusion += confusion_matrix(prediction, label, self.num_labels, self.ignore_index).cpu()
 
     def add_confusion(self, confusion: torch.Tensor) -> None:
         """Add `(K, K)` or `(B, K, K)` counts (e.g. gathered from every process)."""

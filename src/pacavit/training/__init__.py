@@ -20,11 +20,12 @@ Modules
                   `current_lr`.
 - `checkpoint` -- `save_checkpoint` (atomic: write into `.tmp_<name>`, then rename), `prune_checkpoints`,
                   `list_checkpoints` / `find_latest_checkpoint` (complete checkpoints only),
-                  `resolve_resume_path` (`NoCheckpointError`), `load_checkpoint`, `resume_position`, `check_output_dir`.
+                  `resolve_resume_path` (`NoCheckpointError`), `load_checkpoint`, `resume_position`,
+                  `check_output_dir`.
 - `loop`       -- `epoch_batches` (sampler epoch, mid-epoch skip, per-step seeding), `StopOnSignal`
-                  (SIGTERM -> checkpoint and exit 143), `backward_and_step`, `check_finite_loss`, `TrainingProgress` (tqdm, log
-                  lines, tracking, history), `init_tracking`, `write_run_files` (all_results.json,
-                  train_log.json), `process_ranks`, `json_default`.
+                  (SIGTERM -> checkpoint and exit 143), `backward_and_step`, `check_finite_loss`,
+                  `TrainingProgress` (tqdm, log lines, tracking, history), `init_tracking`, `write_run_files`
+                  (all_results.json, train_log.json), `process_ranks`, `json_default`.
 - `run`        -- `TrainingRun`: one run's bookkeeping over those pieces (length in updates, resume, the
                   epoch's batches, progress, periodic/epoch checkpoints, SIGTERM and NaN stops), so each
                   script's loop is only forward / backward / step / evaluate.

@@ -41,14 +41,7 @@ class RecipeArgumentParser(argparse.ArgumentParser):
     recipe-controlled flag (its `dest`) to its value when neither the command line nor the recipe sets it.
     """
 
-    def __init__(
-        self,
-        *,
-        recipes: Mapping[str, Mapping],
-        base_defaults: Mapping,
-        default_recipe: str,
-        **kwargs,
-    ):
+    def __init__(self, *, recipes: Mapping[str, Mapping], base_defaults: Mapping, default_recipe: str, **kwargs):
         unknown = {name: sorted(set(recipe) - set(base_defaults)) for name, recipe in recipes.items()}
         unknown = {name: keys for name, keys in unknown.items() if keys}
         if unknown:  # a typo in a recipe table would otherwise be silently ignored
@@ -156,9 +149,7 @@ def add_optimization_arguments(parser: argparse.ArgumentParser) -> argparse._Arg
     g.add_argument("--per_device_eval_batch_size", type=int, default=None)
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--num_train_epochs", type=float, default=None)
-    g.add_argument(
-        "--max_train_steps", type=int, default=None, help="Optimizer updates; overrides the epochs."
-    )
+    g.add_argument("--max_train_steps", type=int, default=None, help="Optimizer updates; overrides the epochs.")
     g.add_argument(
         "--learning_rate",
         "--lr",
@@ -166,15 +157,11 @@ def add_optimization_arguments(parser: argparse.ArgumentParser) -> argparse._Arg
         default=None,
         help="Absolute peak lr; disables batch-size scaling (min/warmup lr keep their ratio to it).",
     )
-    g.add_argument(
-        "--lr_base", type=float, default=None, help="Peak lr for a global batch of --lr_base_size."
-    )
+    g.add_argument("--lr_base", type=float, default=None, help="Peak lr for a global batch of --lr_base_size.")
     g.add_argument("--lr_base_size", type=int, default=None)
     g.add_argument("--lr_base_scale", choices=["linear", "sqrt"], default=None)
     g.add_argument("--min_lr_base", type=float, default=None, help="Final lr, scaled like --lr_base.")
-    g.add_argument(
-        "--warmup_lr_base", type=float, default=None, help="Initial warmup lr, scaled like --lr_base."
-    )
+    g.add_argument("--warmup_lr_base", type=float, default=None, help="Initial warmup lr, scaled like --lr_base.")
     g.add_argument("--warmup_epochs", type=float, default=None)
     g.add_argument("--num_warmup_steps", type=int, default=None, help="Overrides --warmup_epochs.")
     g.add_argument("--cooldown_epochs", type=float, default=None)
@@ -189,12 +176,9 @@ def add_optimization_arguments(parser: argparse.ArgumentParser) -> argparse._Arg
         type=float,
         nargs="+",
         default=None,
-        help="multistep: epochs at which the lr is multiplied by --decay_rate "
-        "(default: at 1/2 and 3/4 of the run).",
+        help="multistep: epochs at which the lr is multiplied by --decay_rate (default: at 1/2 and 3/4 of the run).",
     )
-    g.add_argument(
-        "--decay_rate", type=float, default=None, help="step/multistep: the lr factor at each decay."
-    )
+    g.add_argument("--decay_rate", type=float, default=None, help="step/multistep: the lr factor at each decay.")
     g.add_argument("--poly_power", type=float, default=None, help="poly: the power (1.0 = linear decay).")
     g.add_argument(
         "--weight_decay",
@@ -204,12 +188,8 @@ def add_optimization_arguments(parser: argparse.ArgumentParser) -> argparse._Arg
     )
     g.add_argument("--opt_eps", type=float, default=None)
     g.add_argument("--opt_betas", **floats(2))
-    g.add_argument(
-        "--layer_decay", type=float, default=None, help="Layer-wise lr decay (e.g. 0.75 for fine-tuning)."
-    )
-    g.add_argument(
-        "--clip_grad", type=float, default=None, help="Gradient clipping threshold (off by default)."
-    )
+    g.add_argument("--layer_decay", type=float, default=None, help="Layer-wise lr decay (e.g. 0.75 for fine-tuning).")
+    g.add_argument("--clip_grad", type=float, default=None, help="Gradient clipping threshold (off by default).")
     g.add_argument("--clip_mode", choices=["norm", "value"], default=None)
     return g
 
@@ -240,14 +220,10 @@ def add_running_arguments(parser: argparse.ArgumentParser, output_dir: str) -> a
     g.add_argument("--dataloader_num_workers", type=int, default=0)
     g.add_argument("--logging_steps", type=int, default=10)
     g.add_argument("--eval_every_epochs", type=int, default=1, help="0: evaluate only at the end.")
-    g.add_argument(
-        "--with_tracking", action="store_true", help="Log metrics with the trackers of --report_to."
-    )
+    g.add_argument("--with_tracking", action="store_true", help="Log metrics with the trackers of --report_to.")
     g.add_argument("--report_to", default="tensorboard")
     g.add_argument("--checkpointing_steps", default=None, help="'N' (every N updates) or 'epoch'.")
-    g.add_argument(
-        "--checkpoints_total_limit", type=int, default=None, help="Keep only the newest N checkpoints."
-    )
+    g.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep only the newest N checkpoints.")
     g.add_argument(
         "--resume_from_checkpoint",
         default=None,

@@ -19,10 +19,15 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from functools import partial
 from pathlib import Path
+
+import torch
+
+from ..safe_io import UnsafeCheckpointError, unpickling_detail
 
 CHECKPOINT_PATTERN = re.compile(r"^(step|epoch)_(\d+)$")
 # the pickles of a checkpoint that Accelerate's load_state does not load with weights_only=True itself
@@ -110,9 +115,7 @@ def run_files(output_dir: str | os.PathLike) -> list[str]:
     return [name for name in RUN_FILES if (root / name).exists()]
 
 
-def resolve_resume_path(
-    resume_from_checkpoint: str | None, output_dir: str, overwrite: bool = False
-) -> Path | None:
+def resolve_resume_path(resume_from_checkpoint: str | None, output_dir: str, overwrite: bool = False) -> Path | None:
     """`--resume_from_checkpoint`: None, 'latest' or a checkpoint folder (must hold `training_state.json`).
 
     'latest' is the newest complete checkpoint in `output_dir`. Without one it returns None (start afresh:
@@ -151,12 +154,7 @@ def check_checkpoint_pickles(path: str | os.PathLike) -> None:
     Our own `save_state` writes only tensors, dicts, lists and numbers there, so each must load with
     `weights_only=True` (Accelerate's allow-list of NumPy RNG types for the random states); that is checked
     here, before `load_state` reads them. Its other files (weights, optimizer) it loads safely itself."""
-    import pickle
-
-    import torch
     from accelerate.utils import load as accelerate_load
-
-    from ..safe_io import UnsafeCheckpointError, unpickling_detail
 
     for file in sorted(Path(path).iterdir()):
         if CUSTOM_STATE_PATTERN.match(file.name):

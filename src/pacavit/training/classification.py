@@ -67,7 +67,7 @@ BASE_DEFAULTS: dict = dict(
 
 RECIPES: dict[str, dict] = {
     # The default run: the scikit-learn digits (8x8 images, upscaled to 32x32), a reduced-width PaCa-ViT-Tiny.
-    # Chosen by measurement on a 2-core CPU (README, "Training and evaluating an image classifier"): half the
+    # Chosen by measurement on a 2-core CPU (docs/classification.md): half the
     # widths of PaCa-Tiny (3.0 M parameters), 15 epochs, >= 98% held-out top-1 in about a minute.
     "digits": dict(
         preset="pacavit-tiny",
@@ -133,9 +133,7 @@ def build_parser() -> RecipeArgumentParser:
         help=f"Hub dataset id (online or cached). Default: the built-in {DIGITS_NAME!r} dataset.",
     )
     g.add_argument("--dataset_config_name", default=None)
-    g.add_argument(
-        "--train_dir", default=None, help="imagefolder directory (class sub-folders) for training."
-    )
+    g.add_argument("--train_dir", default=None, help="imagefolder directory (class sub-folders) for training.")
     g.add_argument("--validation_dir", default=None, help="imagefolder directory for evaluation.")
     g.add_argument("--train_split", default="train")
     g.add_argument(
@@ -166,15 +164,9 @@ def build_parser() -> RecipeArgumentParser:
     g.add_argument("--cache_dir", default=None)
 
     g = parser.add_argument_group("model")
-    g.add_argument(
-        "--model_name_or_path", default=None, help="Local folder or Hub id of a PaCa-ViT checkpoint."
-    )
-    g.add_argument(
-        "--preset", default=None, help=f"Architecture when training from scratch: {list_presets()}"
-    )
-    g.add_argument(
-        "--hidden_sizes", type=int, nargs="+", default=None, help="Override the preset's stage widths."
-    )
+    g.add_argument("--model_name_or_path", default=None, help="Local folder or Hub id of a PaCa-ViT checkpoint.")
+    g.add_argument("--preset", default=None, help=f"Architecture when training from scratch: {list_presets()}")
+    g.add_argument("--hidden_sizes", type=int, nargs="+", default=None, help="Override the preset's stage widths.")
     g.add_argument("--depths", type=int, nargs="+", default=None)
     g.add_argument("--num_attention_heads", type=int, nargs="+", default=None)
     g.add_argument("--num_clusters", type=int, nargs="+", default=None)
@@ -187,9 +179,7 @@ def build_parser() -> RecipeArgumentParser:
     g.add_argument("--attn_implementation", default=None, help="sdpa (default), eager, ...")
     g.add_argument("--trust_remote_code", action="store_true")
     g.add_argument("--image_size", type=int, default=None)
-    g.add_argument(
-        "--crop_pct", type=float, default=None, help="Eval resize: shortest edge = image_size / crop_pct."
-    )
+    g.add_argument("--crop_pct", type=float, default=None, help="Eval resize: shortest edge = image_size / crop_pct.")
     g.add_argument("--interpolation", choices=list(INTERPOLATIONS), default=None)
     g.add_argument("--image_mean", **floats(3))
     g.add_argument("--image_std", **floats(3))
@@ -229,9 +219,7 @@ def build_parser() -> RecipeArgumentParser:
     g.add_argument("--smoothing", type=float, default=None, help="Label smoothing.")
 
     g = add_running_arguments(parser, output_dir="runs/pacavit-digits")
-    g.add_argument(
-        "--eval_only", action="store_true", help="Only evaluate --model_name_or_path (top-1/top-5)."
-    )
+    g.add_argument("--eval_only", action="store_true", help="Only evaluate --model_name_or_path (top-1/top-5).")
     g.add_argument(
         "--pipeline_eval_samples",
         type=int,

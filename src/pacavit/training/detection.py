@@ -16,12 +16,7 @@ import json
 
 from ..configuration_pacavit import PaCaViTConfig
 from ..configuration_pacavit_maskrcnn import PaCaViTMaskRCNNConfig
-from ..data.detection import (
-    CROP_PRE_RESIZE_SHORT_SIDES,
-    CROP_SIZE_RANGE,
-    MULTI_SCALE_SHORT_SIDES,
-    DetectionTransform,
-)
+from ..data.detection import CROP_PRE_RESIZE_SHORT_SIDES, CROP_SIZE_RANGE, MULTI_SCALE_SHORT_SIDES, DetectionTransform
 from ..modeling_pacavit_maskrcnn import PaCaViTForInstanceSegmentation
 from ..preprocessing import instance_segmentation_image_processor
 from .args import (
@@ -118,53 +113,31 @@ def build_parser() -> RecipeArgumentParser:
         "Accelerate (default: built-in COCO-format digit scenes).",
     )
     g = parser.add_argument_group("data")
-    g.add_argument(
-        "--train_dir", default=None, help="COCO images folder (default: the built-in digit scenes)."
-    )
+    g.add_argument("--train_dir", default=None, help="COCO images folder (default: the built-in digit scenes).")
     g.add_argument("--train_annotations", default=None, help="instances_<split>.json of --train_dir.")
     g.add_argument("--validation_dir", default=None)
     g.add_argument("--validation_annotations", default=None)
-    g.add_argument(
-        "--dataset_name", default=None, help="A 🤗 dataset with image + objects (bbox, category, ...)."
-    )
+    g.add_argument("--dataset_name", default=None, help="A 🤗 dataset with image + objects (bbox, category, ...).")
     g.add_argument("--dataset_config_name", default=None)
+    g.add_argument("--built_in_data_dir", default="runs/digit-scenes-coco", help="Where the built-in data is written.")
+    g.add_argument("--built_in_scenes", type=int, nargs=2, default=[300, 60], help="Built-in train/validation scenes.")
     g.add_argument(
-        "--built_in_data_dir", default="runs/digit-scenes-coco", help="Where the built-in data is written."
-    )
-    g.add_argument(
-        "--built_in_scenes", type=int, nargs=2, default=[300, 60], help="Built-in train/validation scenes."
-    )
-    g.add_argument(
-        "--built_in_digits",
-        type=int,
-        nargs="+",
-        default=[0, 1, 2, 3],
-        help="Digit classes of the built-in scenes.",
+        "--built_in_digits", type=int, nargs="+", default=[0, 1, 2, 3], help="Digit classes of the built-in scenes."
     )
     g.add_argument("--max_train_samples", type=int, default=None)
     g.add_argument("--max_eval_samples", type=int, default=None)
-    g.add_argument(
-        "--train_short_sides", type=int, nargs="+", default=None, help="Multi-scale shorter sides."
-    )
+    g.add_argument("--train_short_sides", type=int, nargs="+", default=None, help="Multi-scale shorter sides.")
     g.add_argument("--max_size", type=int, default=None, help="Longer-side limit (mmdet 1333).")
     g.add_argument("--eval_short_side", type=int, default=None)
     g.add_argument("--crop_pre_resize_short_sides", type=int, nargs="+", default=None)
     g.add_argument("--crop_size_range", type=int, nargs=2, default=None)
-    g.add_argument(
-        "--crop_prob", type=float, default=None, help="Probability of the resize-crop-resize branch."
-    )
+    g.add_argument("--crop_prob", type=float, default=None, help="Probability of the resize-crop-resize branch.")
     g.add_argument("--flip_prob", type=float, default=None)
     m = parser.add_argument_group("model")
-    m.add_argument(
-        "--model_name_or_path", default=None, help="A PaCaViTForInstanceSegmentation folder / Hub id."
-    )
-    m.add_argument(
-        "--backbone_name_or_path", default=None, help="PaCa-ViT (ImageNet) weights for the backbone."
-    )
+    m.add_argument("--model_name_or_path", default=None, help="A PaCaViTForInstanceSegmentation folder / Hub id.")
+    m.add_argument("--backbone_name_or_path", default=None, help="PaCa-ViT (ImageNet) weights for the backbone.")
     add_architecture_arguments(m)
-    m.add_argument(
-        "--detector_overrides", type=json.loads, default=None, help="JSON of PaCaViTMaskRCNNConfig fields."
-    )
+    m.add_argument("--detector_overrides", type=json.loads, default=None, help="JSON of PaCaViTMaskRCNNConfig fields.")
     e = parser.add_argument_group("evaluation")
     e.add_argument("--eval_only", action="store_true")
     e.add_argument("--num_figure_scenes", type=int, default=4)

@@ -197,9 +197,7 @@ class TrainingProgress:
         """Log the `eval_*` entries of an evaluation record (and send them to the trackers)."""
         values = {k: v for k, v in record.items() if k.startswith("eval_")}
         if self.accelerator.is_main_process:
-            logger.info(
-                f"epoch {record.get('epoch')}: " + "  ".join(f"{k} {v:.4g}" for k, v in values.items())
-            )
+            logger.info(f"epoch {record.get('epoch')}: " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
         if self.with_tracking:
             self.accelerator.log(values, step=step)
 
@@ -236,24 +234,14 @@ def write_json(path: str | Path, data, indent: int = 2) -> None:
 
 
 def write_run_files(
-    output_dir: str | Path,
-    results: dict,
-    history: list,
-    eval_history: list,
-    world_size: int,
-    global_batch_size: int,
+    output_dir: str | Path, results: dict, history: list, eval_history: list, world_size: int, global_batch_size: int
 ) -> None:
     """all_results.json (the run's final numbers) and train_log.json (per-update loss/lr, evaluations)."""
     out = Path(output_dir)
     write_json(out / "all_results.json", results)
     write_json(
         out / "train_log.json",
-        dict(
-            world_size=world_size,
-            global_batch_size=global_batch_size,
-            history=history,
-            eval_history=eval_history,
-        ),
+        dict(world_size=world_size, global_batch_size=global_batch_size, history=history, eval_history=eval_history),
         indent=1,
     )
 

@@ -23,9 +23,7 @@ from ..extras import require
 NO_WEIGHT_DECAY = ("*position_embeddings*",)
 
 
-def global_batch_size(
-    per_device_batch_size: int, num_processes: int, gradient_accumulation_steps: int
-) -> int:
+def global_batch_size(per_device_batch_size: int, num_processes: int, gradient_accumulation_steps: int) -> int:
     """Images per optimizer update, over all processes and accumulation steps."""
     return per_device_batch_size * num_processes * gradient_accumulation_steps
 
@@ -55,9 +53,7 @@ def scale_learning_rates(
             factor = math.sqrt(ratio)
         else:
             raise ValueError(f"Unknown lr_base_scale {lr_base_scale!r}; use 'linear' or 'sqrt'.")
-    return dict(
-        lr=lr_base * factor, min_lr=min_lr_base * factor, warmup_lr=warmup_lr_base * factor, factor=factor
-    )
+    return dict(lr=lr_base * factor, min_lr=min_lr_base * factor, warmup_lr=warmup_lr_base * factor, factor=factor)
 
 
 def learning_rates_from_args(args, batch_size: int) -> dict:
@@ -92,9 +88,7 @@ def build_param_groups(
     timm_optim = require("timm.optim", extra="timm", purpose="optimizer parameter groups")
     if layer_decay is not None:
         if not hasattr(model, "group_matcher"):
-            raise ValueError(
-                f"--layer_decay needs a model with `group_matcher()`; {type(model).__name__} has none."
-            )
+            raise ValueError(f"--layer_decay needs a model with `group_matcher()`; {type(model).__name__} has none.")
         groups = timm_optim.param_groups_layer_decay(
             model,  # PaCaViTPreTrainedModel.group_matcher: stem, one group per block, head
             weight_decay=weight_decay,

@@ -44,12 +44,7 @@ class TrainingRun:
     """
 
     def __init__(
-        self,
-        accelerator,
-        args,
-        batches_per_epoch: int,
-        global_batch_size: int,
-        resume_path: str | Path | None = None,
+        self, accelerator, args, batches_per_epoch: int, global_batch_size: int, resume_path: str | Path | None = None
     ):
         if batches_per_epoch == 0:
             raise ValueError("The training set is smaller than one global batch; lower the batch size.")
@@ -116,9 +111,7 @@ class TrainingRun:
             history=self.history,
             eval_history=self.eval_history,
         )
-        return save_checkpoint(
-            self.accelerator, self.args.output_dir, name, state, self.args.checkpoints_total_limit
-        )
+        return save_checkpoint(self.accelerator, self.args.output_dir, name, state, self.args.checkpoints_total_limit)
 
     def update_done(self, loss: float, lr: float, epoch: int, images: int) -> None:
         """After an optimizer update with the process-averaged `loss`: count it, stop on a non-finite loss,

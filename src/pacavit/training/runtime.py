@@ -23,6 +23,8 @@ except ImportError:  # the package used without its top-level helper module (e.g
     PROCESS_START = time.time()
 
 from ..extras import require
+from ..hub.push import hub_preflight
+from .checkpoint import check_output_dir, resolve_resume_path
 
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(name)s - %(message)s"
 
@@ -133,26 +135,19 @@ def setup_run(args, guard_output_dir: bool = True) -> RunSetup:
     the output folder itself."""
     from accelerate.utils import set_seed
 
-    from ..hub.push import hub_preflight
-    from .checkpoint import check_output_dir, resolve_resume_path
-
     accelerator = make_accelerator(args)
     setup_logging(accelerator)
     logger.info(accelerator.state)
     num_threads = configure_threads(args.num_threads, accelerator)
     if accelerator.is_main_process:
-        logger.info(
-            f"Using {num_threads} torch thread(s) per process; {accelerator.num_processes} process(es)."
-        )
+        logger.info(f"Using {num_threads} torch thread(s) per process; {accelerator.num_processes} process(es).")
     set_seed(args.seed)
     # 'latest' into a folder holding a finished run without checkpoints is refused (NoCheckpointError)
     overwrite = args.overwrite_output_dir or not guard_output_dir
     resume_path = resolve_resume_path(args.resume_from_checkpoint, args.output_dir, overwrite)
     latest_without_checkpoint = args.resume_from_checkpoint == "latest" and resume_path is None
     if latest_without_checkpoint and accelerator.is_main_process:
-        logger.warning(
-            f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir}; starting afresh."
-        )
+        logger.warning(f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir}; starting afresh.")
     if guard_output_dir:  # refuse to mix this run into another one's folder
         check_output_dir(
             args.output_dir,

@@ -103,47 +103,32 @@ def build_parser() -> RecipeArgumentParser:
         "(default: built-in digit scenes).",
     )
     g = parser.add_argument_group("data")
-    g.add_argument(
-        "--dataset_name", default=None, help="Hub id with image/annotation columns (default: built-in)."
-    )
+    g.add_argument("--dataset_name", default=None, help="Hub id with image/annotation columns (default: built-in).")
     g.add_argument("--dataset_config_name", default=None)
-    g.add_argument(
-        "--train_dir", default=None, help="Folder with images/ and masks/ (one class index per pixel)."
-    )
+    g.add_argument("--train_dir", default=None, help="Folder with images/ and masks/ (one class index per pixel).")
     g.add_argument("--validation_dir", default=None)
     g.add_argument("--image_column", default="image")
     g.add_argument("--annotation_column", default="annotation")
-    g.add_argument(
-        "--id2label", default=None, help="JSON file {index: name} (built-in data: background + 10 digits)."
-    )
+    g.add_argument("--id2label", default=None, help="JSON file {index: name} (built-in data: background + 10 digits).")
     g.add_argument("--do_reduce_labels", action="store_true", help="ADE20K-style masks: 0 = other -> ignored.")
     g.add_argument("--max_train_samples", type=int, default=None)
     g.add_argument("--max_eval_samples", type=int, default=None)
     g.add_argument("--crop_size", type=int, default=None)
-    g.add_argument(
-        "--scale", type=int, nargs=2, default=None, help="(long, short) edge of the keep-ratio resize."
-    )
+    g.add_argument("--scale", type=int, nargs=2, default=None, help="(long, short) edge of the keep-ratio resize.")
     g.add_argument("--ratio_range", type=float, nargs=2, default=None)
     g.add_argument("--flip_prob", type=float, default=None)
     g.add_argument("--photometric", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
     m = parser.add_argument_group("model")
-    m.add_argument(
-        "--model_name_or_path", default=None, help="A PaCa-ViT (ImageNet) or segmentation checkpoint."
-    )
+    m.add_argument("--model_name_or_path", default=None, help="A PaCa-ViT (ImageNet) or segmentation checkpoint.")
     add_architecture_arguments(m, clusters_help="Dense-task clusters (original: 200 200 200 0).")
     m.add_argument("--decode_head", choices=list(DECODE_HEAD_TYPES), default=None)
     m.add_argument("--decode_head_hidden_size", type=int, default=None)
     m.add_argument(
-        "--head_lr_mult",
-        type=float,
-        default=None,
-        help="lr factor for the heads and the last clustering layers.",
+        "--head_lr_mult", type=float, default=None, help="lr factor for the heads and the last clustering layers."
     )
     e = parser.add_argument_group("evaluation")
     e.add_argument("--eval_mode", choices=["whole", "slide"], default=None)
-    e.add_argument(
-        "--slide_stride", type=int, default=None, help="Default: 2/3 of --crop_size (mmseg 341 for 512)."
-    )
+    e.add_argument("--slide_stride", type=int, default=None, help="Default: 2/3 of --crop_size (mmseg 341 for 512).")
     e.add_argument("--eval_only", action="store_true")
     e.add_argument("--num_figure_scenes", type=int, default=4)
     add_optimization_arguments(parser)

@@ -44,7 +44,9 @@ class PacavitMeanIoU(evaluate.Metric):
 
     def _compute(self, predictions, references, num_labels: int, ignore_index: int = 255):
         metric = MeanIoU(num_labels, ignore_index)
-        metric.update([torch.as_tensor(np.asarray(p)) for p in predictions], [torch.as_tensor(np.asarray(r)) for r in references])
+        metric.update(
+            [torch.as_tensor(np.asarray(p)) for p in predictions], [torch.as_tensor(np.asarray(r)) for r in references]
+        )
         result = metric.compute()
         result["per_category_iou"] = list(result["per_category_iou"].values())
         result["per_category_accuracy"] = list(result["per_category_accuracy"].values())

@@ -7,7 +7,7 @@ and layout is built and converted with nothing but its file name:
   with, the task of its prefix, and cluster counts equal to the weights'; the strict check accepts the weights.
 * `test_convert_by_name_meta` (all manifests): the name-driven conversion on the meta device (full-size models with
   no data, so it is fast), loaded strictly into the task's Auto class built on meta; the parameter count equals
-  the manifest's. Tasks whose models are not in this package yet are skipped, naming the task.
+  the manifest's.
 * `test_cli_by_name_end_to_end` (one file per layout/family): random weights saved with `torch.save` under the
   released name, the CLI with no --preset/--task, and `from_pretrained` with the task's Auto class.
 """
@@ -19,7 +19,6 @@ import shutil
 
 import pytest
 import torch
-from test_convert_manifests import MANIFEST_DIR, MANIFEST_IDS, MANIFESTS, expected_parameters, fake_checkpoint
 
 import pacavit  # noqa: F401  (registers the Auto classes)
 from pacavit import convert
@@ -32,6 +31,8 @@ from pacavit.convert.checkpoint_names import (
     parse_checkpoint_name,
 )
 from pacavit.convert.common import split_backbone_and_heads
+
+from helpers import MANIFEST_DIR, MANIFEST_IDS, MANIFESTS, expected_parameters, fake_checkpoint
 
 pytestmark = pytest.mark.skipif(not MANIFESTS, reason=f"checkpoint manifests not found in {MANIFEST_DIR}")
 
@@ -47,14 +48,6 @@ PREFIX_TASK = {"IMNET": "image-classification", "mask": "instance-segmentation"}
 def _manifest(path):
     manifest = json.loads(path.read_text())
     return manifest, manifest["checkpoint_file"]
-
-
-CONVERTED_TASKS = ("image-classification", "backbone", "semantic-segmentation", "instance-segmentation")
-
-
-def _require_task(task: str) -> None:
-    if task not in CONVERTED_TASKS:
-        pytest.skip(f"the {task!r} conversion is not in pacavit yet (its model is built in another issue)")
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=MANIFEST_IDS)
@@ -83,7 +76,6 @@ def test_convert_by_name_meta(path):
 
     manifest, file_name = _manifest(path)
     parsed = parse_checkpoint_name(file_name)
-    _require_task(parsed.task)
     state_dict = convert.extract_state_dict(fake_checkpoint(manifest, device="meta"))
     backbone, _ = split_backbone_and_heads(state_dict)
     if parsed.task == "semantic-segmentation":
@@ -104,7 +96,9 @@ def test_convert_by_name_meta(path):
     model.load_state_dict(converted, strict=True, assign=True)
     extra = 0
     if parsed.task == "instance-segmentation":  # torchvision's box/mask predictors keep a background slot
-        extra = 4 * config.box_head_hidden_size + 4 + config.mask_head_hidden_size + 1  # (see test_maskrcnn)
+        extra = (
+            4 * config.box_head_hidden_size + 4 + config.mask_head_hidden_size + 1
+        )  # (see test_convert_maskrcnn.py)
     assert sum(p.numel() for p in model.parameters()) == expected_parameters(manifest, parsed.task) + extra
     assert not report.dropped, report.summary()  # a full-task conversion drops nothing
 
@@ -152,7 +146,6 @@ def test_cli_by_name_end_to_end(stem, tmp_path, capsys):
 
     manifest = json.loads((MANIFEST_DIR / f"{stem}.json").read_text())
     parsed = parse_checkpoint_name(stem)
-    _require_task(parsed.task)
     renamed = tmp_path / "downloaded.pth"
     torch.save(_random_checkpoint(manifest), renamed)
     out = tmp_path / "out"

@@ -1,6 +1,6 @@
-"""Issue 12, loading and writing: unknown names list the valid ones (case 6), checkpoints with foreign, missing or
-wrongly shaped keys are named (case 7; the converter's own strictness tests are in test_convert.py), heads with
-another number of labels (case 8), safe loading (case 14) and atomic output folders (case 17)."""
+"""Loading and writing: unknown names list the valid ones, checkpoints with foreign, missing or wrongly shaped keys
+are named (the converter's own strictness tests are in test_convert_backbone.py), heads with another number of
+labels, safe loading and atomic output folders."""
 
 import json
 import multiprocessing
@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
 from safetensors.torch import load_file, save_file
-from test_convert import _original_checkpoint
 from transformers import AutoModelForImageClassification
 
 from pacavit import PaCaViTConfig, PaCaViTForImageClassification, list_presets
 from pacavit.convert import ConversionError, convert_checkpoint, convert_state_dict, main
 from pacavit.safe_io import OutputFolderError, UnsafeCheckpointError, atomic_directory, load_torch_checkpoint
+
+from helpers import original_checkpoint, tiny_config
 
 
 @pytest.fixture
@@ -47,10 +47,14 @@ def _original_config(tmp_path):
     return json.loads((tmp_path / "original.json").read_text())
 
 
-# ---------------------------------------------------------------- case 6: names
+# ---------------------------------------------------------------- names
 @pytest.mark.parametrize("name", ["pacavit-huge", "ivmcl/pacavit-huge", "pacavit_tiny_p2cconv_999_0", ""])
 def test_unknown_preset_or_hub_style_name_lists_the_valid_ones(name):
-    with pytest.raises(ValueError, match=rf"Unknown PaCa-ViT preset {name!r}. Valid names: pacavit-tiny, .*original names: pacavit_tiny_p2cconv_100_0"):
+    with pytest.raises(
+        ValueError,
+        match=rf"Unknown PaCa-ViT preset {name!r}. Valid names: pacavit-tiny, "
+        r".*original names: pacavit_tiny_p2cconv_100_0",
+    ):
         PaCaViTConfig.from_preset(name)
 
 
@@ -60,24 +64,29 @@ def test_hub_style_names_of_known_presets_resolve():
 
 
 def test_unknown_task_lists_the_valid_ones(tmp_path, capsys):
-    with pytest.raises(ConversionError, match=r"Unknown task 'depth-estimation'; choose one of image-classification, backbone, semantic-segmentation"):
+    with pytest.raises(
+        ConversionError,
+        match=r"Unknown task 'depth-estimation'; choose one of image-classification, backbone, semantic-segmentation",
+    ):
         convert_state_dict({}, tiny_config(), task="depth-estimation")
     with pytest.raises(SystemExit) as exit_info:
-        main(["--checkpoint", "x.pth", "--preset", "pacavit-tiny", "--task", "detection", "--output-dir", str(tmp_path)])
+        main(
+            ["--checkpoint", "x.pth", "--preset", "pacavit-tiny", "--task", "detection", "--output-dir", str(tmp_path)]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'detection'" in err and "image-classification" in err and "backbone" in err
 
 
 def test_unknown_preset_in_the_converter_cli_is_a_message_not_a_traceback(tmp_path, capsys):
-    path, _ = _original_checkpoint(tmp_path)
+    path, _ = original_checkpoint(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         main(["--checkpoint", str(path), "--preset", "pacavit-giant", "--output-dir", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     assert "error: Unknown PaCa-ViT preset 'pacavit-giant'. Valid names: pacavit-tiny" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- case 7: keys of a saved folder
+# ---------------------------------------------------------------- keys of a saved folder
 def test_from_pretrained_names_missing_and_foreign_keys(saved_classifier, load_report):
     """transformers' documented handling: missing weights are newly initialised and unexpected ones dropped, and
     its load report names every one of them (here also returned with output_loading_info=True)."""
@@ -107,7 +116,7 @@ def test_from_pretrained_wrong_shape_is_an_error_naming_the_key(saved_classifier
     assert "pacavit.stages.0.layers.0.mlp.fc1.weight" in report and "torch.Size([7, 16])" in report
 
 
-# ---------------------------------------------------------------- case 8: another number of labels
+# ---------------------------------------------------------------- another number of labels
 def test_another_number_of_labels_needs_ignore_mismatched_sizes(saved_classifier, load_report):
     model, folder = saved_classifier
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
@@ -124,11 +133,13 @@ def test_another_number_of_labels_needs_ignore_mismatched_sizes(saved_classifier
             assert torch.equal(loaded.state_dict()[name], tensor), name
     pixel_values = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.pacavit(pixel_values).pooler_output, model.pacavit(pixel_values).pooler_output)
+        torch.testing.assert_close(
+            loaded.pacavit(pixel_values).pooler_output, model.pacavit(pixel_values).pooler_output
+        )
     loaded.train()(pixel_values, labels=torch.tensor([6, 0])).loss.backward()  # and it trains on 7 classes
 
 
-# ---------------------------------------------------------------- case 14: safe loading
+# ---------------------------------------------------------------- safe loading
 class _RunsCode:
     """A pickle that runs a command when loaded."""
 
@@ -157,7 +168,9 @@ def test_a_pickle_that_runs_code_is_refused_with_the_reason(tmp_path, capsys):
     paths = _malicious_checkpoints(tmp_path, marker)
     reasons = {paths[0]: "GLOBAL posix.system", paths[1]: "Unsupported operand", paths[2]: "GLOBAL posix.system"}
     for path, reason in reasons.items():
-        with pytest.raises(UnsafeCheckpointError, match=rf"Refusing to load .*{path.name}: it is not a plain tensor checkpoint") as error:
+        with pytest.raises(
+            UnsafeCheckpointError, match=rf"Refusing to load .*{path.name}: it is not a plain tensor checkpoint"
+        ) as error:
             load_torch_checkpoint(path)
         assert reason in str(error.value) and "torch.load(weights_only=True) does not run" in str(error.value)
     with pytest.raises(SystemExit):  # the converter CLI says so and exits
@@ -178,7 +191,7 @@ def test_a_pytorch_model_bin_that_runs_code_is_refused_by_from_pretrained(saved_
 
 def test_only_safetensors_are_written(saved_classifier, tmp_path):
     _, folder = saved_classifier
-    path, _ = _original_checkpoint(tmp_path)
+    path, _ = original_checkpoint(tmp_path)
     convert_checkpoint(path, tmp_path / "converted", original_config=_original_config(tmp_path), verbose=False)
     for written in (folder, tmp_path / "converted"):
         suffixes = {p.suffix for p in written.iterdir()}
@@ -226,9 +239,9 @@ def test_remote_code_runs_only_with_trust_remote_code(tmp_path):
     assert "refused: True" in result.stdout and "trusted: True" in result.stdout
 
 
-# ---------------------------------------------------------------- case 17: atomic output folders
+# ---------------------------------------------------------------- atomic output folders
 def test_a_failed_conversion_leaves_the_previous_folder_and_no_debris(tmp_path, monkeypatch):
-    path, _ = _original_checkpoint(tmp_path)
+    path, _ = original_checkpoint(tmp_path)
     out = tmp_path / "out"
     convert_checkpoint(path, out, original_config=_original_config(tmp_path), verbose=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -244,7 +257,7 @@ def test_a_failed_conversion_leaves_the_previous_folder_and_no_debris(tmp_path, 
 
 
 def test_the_converter_refuses_to_replace_a_folder_of_other_files(tmp_path):
-    path, _ = _original_checkpoint(tmp_path)
+    path, _ = original_checkpoint(tmp_path)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "thesis.tex").write_text("precious")
     with pytest.raises(OutputFolderError, match="not a model folder .*Choose a new or empty output folder"):
@@ -259,7 +272,7 @@ def _convert_repeatedly(path, out, original_config, times):
 
 
 def test_concurrent_conversions_into_one_folder_never_leave_a_half_written_result(tmp_path):
-    path, _ = _original_checkpoint(tmp_path)
+    path, _ = original_checkpoint(tmp_path)
     out = tmp_path / "out"
     expected = {"config.json", "model.safetensors", "preprocessor_config.json"}
     context = multiprocessing.get_context("fork")

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("pycocotools")
-
-from pacavit.data.detection import (  # noqa: E402
+from pacavit.data.detection import (
     CocoInstanceDataset,
     DetectionTransform,
     build_digit_scenes_coco,
@@ -16,7 +14,7 @@ from pacavit.data.detection import (  # noqa: E402
     coco_from_dict,
     load_coco_folder,
 )
-from pacavit.metrics.detection import CocoEvaluator  # noqa: E402
+from pacavit.metrics.detection import CocoEvaluator
 
 
 def _ground_truth():
@@ -125,9 +123,7 @@ def test_coco_ap_is_one_for_perfect_predictions_and_drops_without_one():
 
 
 def test_out_of_image_and_zero_area_boxes_are_clipped_or_dropped(caplog):
-    boxes = np.array(
-        [[-5, 2, 10, 12], [45, 30, 60, 50], [60, 10, 70, 20], [10, 10, 10, 30]], dtype=np.float32
-    )
+    boxes = np.array([[-5, 2, 10, 12], [45, 30, 60, 50], [60, 10, 70, 20], [10, 10, 10, 30]], dtype=np.float32)
     clipped, keep = clip_boxes(boxes, 40, 50)
     assert keep.tolist() == [True, True, False, False]
     assert clipped[0].tolist() == [0, 2, 10, 12] and clipped[1].tolist() == [45, 30, 50, 40]

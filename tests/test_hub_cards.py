@@ -1,5 +1,7 @@
-"""The model cards in model_cards/: one per README row, generated from `pacavit.released`, parseable by
-huggingface_hub, with a model-index equal to the data file. (Their usage snippets run in test_hub.py.)"""
+"""Model cards: the writer (`pacavit.hub.cards`: model-index from the task's metrics, sections from the caller),
+and the cards in model_cards/: one per released checkpoint of the original README, generated from
+`pacavit.hub.releases`, parseable by huggingface_hub, with a model-index equal to the data file. (Their usage
+snippets run in test_hub.py.)"""
 
 from __future__ import annotations
 
@@ -7,11 +9,20 @@ import json
 
 import pytest
 import torch
-from conftest import REPO_ROOT, reference_dir
 
 from pacavit import PaCaViTConfig, PaCaViTForImageClassification
-from pacavit.hub.cards import model_index, readme_table, render_card
+from pacavit.hub.cards import (
+    CardMetric,
+    hardware_section,
+    model_index,
+    recipe_section,
+    releases_table,
+    render_card,
+    write_model_card,
+)
 from pacavit.hub.releases import RELEASES, base_model, card_name, hub_id
+
+from helpers import REPO_ROOT, reference_dir
 
 CARDS = REPO_ROOT / "model_cards"
 IDS = [card_name(r) for r in RELEASES]
@@ -31,9 +42,12 @@ def test_card_metadata_and_model_index(release):
     card = ModelCard.load(CARDS / card_name(release))
     data = card.data
     assert data.license == "mit" and data.library_name == "transformers"
-    assert data.pipeline_tag == {"imagenet": "image-classification", "coco": "object-detection", "ade20k": "image-segmentation"}[
-        release["section"]
-    ]
+    assert (
+        data.pipeline_tag
+        == {"imagenet": "image-classification", "coco": "object-detection", "ade20k": "image-segmentation"}[
+            release["section"]
+        ]
+    )
     assert data.base_model == base_model(release)
     claimed = {(r.task_type, r.metric_type): r.metric_value for r in data.eval_results or []}
     assert claimed == model_index(release)
@@ -70,9 +84,52 @@ def test_parameter_counts_match_the_manifests_and_our_models():
             assert sum(p.numel() for p in model.parameters()) == release["parameters"], stem
 
 
-def test_readme_table_lists_every_card():
-    readme = (REPO_ROOT / "README.md").read_text()
-    table = readme_table()
-    assert table in readme, "README.md's released-checkpoint table is stale: paste pacavit.release_cards.readme_table()"
+def test_docs_table_lists_every_card():
+    docs = (REPO_ROOT / "docs" / "hub.md").read_text()
+    table = releases_table()
+    assert table in docs, "docs/hub.md's released-checkpoint table is stale: paste pacavit.hub.cards.releases_table()"
     for release in RELEASES:
         assert f"`{hub_id(release)}`" in table and f"model_cards/{card_name(release)}" in table
+
+
+def test_model_card_metadata_and_sections_round_trip(tmp_path):
+    from huggingface_hub import ModelCard
+
+    path = tmp_path / "README.md"
+    write_model_card(
+        path,
+        model_name="pacavit-test",
+        task="semantic-segmentation",
+        dataset_name="scene_parse_150",
+        dataset_on_hub=True,
+        metrics=[CardMetric("mean_iou", 0.4123, "mIoU"), CardMetric("accuracy", 0.8, "Pixel accuracy")],
+        tags=["generated_from_test"],
+        intro="A test model.",
+        sections={
+            "Results": "- mIoU: **41.23%**",
+            **recipe_section("python train.py --lr 1", {"lr": 1.0, "epochs": 2}),
+            **hardware_section("CPU only", 12.3, 10.0, 40),
+        },
+    )
+    card = ModelCard.load(path)
+    data = card.data
+    assert data.pipeline_tag == "semantic-segmentation" and data.library_name == "transformers"
+    assert data.tags == ["pacavit", "semantic-segmentation", "vision", "generated_from_test"]
+    assert data.datasets == ["scene_parse_150"] and data.metrics == ["mean_iou", "accuracy"]
+    results = {r.metric_name: (r.metric_type, r.metric_value, r.dataset_split) for r in data.eval_results}
+    assert results == {"mIoU": ("mean_iou", 0.4123, "validation"), "Pixel accuracy": ("accuracy", 0.8, "validation")}
+    text = card.text
+    assert text.index("# pacavit-test") < text.index("## Results") < text.index("## Training recipe")
+    assert "| `lr` | `1.0` |" in text and "`python train.py --lr 1`" in text
+    assert "Wall time 12 s" in text and "40 optimizer updates" in text
+    # no Hub dataset: no `datasets:` entry, but the model-index still names the dataset
+    write_model_card(
+        path,
+        model_name="m",
+        task="image-classification",
+        dataset_name="imagefolder",
+        metrics=[],
+        intro="",
+        sections={},
+    )
+    assert ModelCard.load(path).data.datasets is None

@@ -1,4 +1,4 @@
-"""Issue 12, case 17 for the Hub tools: two processes exporting into one folder, or installing the same folder into
+"""The Hub tools under concurrency: two processes exporting into one folder, or installing the same folder into
 one cache, never leave a half-written result (sequential idempotence of `hub install` is tested in test_hub.py)."""
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
 
-from pacavit import PaCaViTForImageClassification
+from pacavit import PaCaViTForImageClassification, hub
 
-hub = pytest.importorskip("pacavit.hub")
+from helpers import tiny_config
 
 
 def _listing_of(path: Path):

@@ -1,4 +1,4 @@
-"""Issue 12, case 15: property-based tests (hypothesis) over input sizes, batch sizes and small-width versions of
+"""Property-based tests (hypothesis) over input sizes, batch sizes and small-width versions of
 the presets, for every model class: a forward on valid input never fails, outputs have the documented shapes and
 are finite, and in eval mode an image's outputs do not depend on the other images of the batch (BatchNorm of the
 clustering teacher included). Few examples each, derandomized, so the suite stays fast and reproducible."""
@@ -9,11 +9,19 @@ import functools
 
 import pytest
 import torch
-from conftest import TINY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pacavit import PaCaViTBackbone, PaCaViTConfig, PaCaViTForImageClassification, PaCaViTModel
+from pacavit import (
+    PaCaViTBackbone,
+    PaCaViTConfig,
+    PaCaViTForImageClassification,
+    PaCaViTForSemanticSegmentation,
+    PaCaViTModel,
+    PaCaViTSegmentationConfig,
+)
+
+from helpers import TINY, tiny_maskrcnn
 
 # every architectural family of the presets, at tiny widths (the preset's own switches are kept)
 PRESETS = {
@@ -35,7 +43,7 @@ def expected_grid(size: int, stride: int) -> int:
     return -(-size // stride)  # every stride-2 convolution rounds up
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build(cls, preset: str):
     torch.manual_seed(0)
     config = PaCaViTConfig.from_preset(
@@ -44,25 +52,15 @@ def build(cls, preset: str):
     return cls(config).eval()
 
 
-def _segmentation_classes():
-    try:
-        from pacavit import PaCaViTForSemanticSegmentation, PaCaViTSegmentationConfig
-    except ImportError:  # pragma: no cover - segmentation not installed
-        return {}
+@functools.cache
+def build_segmentation(head: str, preset: str):
+    torch.manual_seed(0)
+    base = PaCaViTConfig.from_preset(preset, **TINY, **PRESETS[preset])
+    config = PaCaViTSegmentationConfig.from_backbone_config(
+        base, num_labels=3, decode_head_type=head, decode_head_hidden_size=16, auxiliary_hidden_size=8
+    )
+    return PaCaViTForSemanticSegmentation(config).eval()
 
-    @functools.lru_cache(maxsize=None)
-    def build_segmentation(head: str, preset: str):
-        torch.manual_seed(0)
-        base = PaCaViTConfig.from_preset(preset, **TINY, **PRESETS[preset])
-        config = PaCaViTSegmentationConfig.from_backbone_config(
-            base, num_labels=3, decode_head_type=head, decode_head_hidden_size=16, auxiliary_hidden_size=8
-        )
-        return PaCaViTForSemanticSegmentation(config).eval()
-
-    return {f"segmentation-{head}": functools.partial(build_segmentation, head) for head in ("paca", "upernet")}
-
-
-SEGMENTATION = _segmentation_classes()
 
 sizes = st.integers(min_value=1, max_value=80)
 batches = st.integers(min_value=1, max_value=3)
@@ -87,7 +85,9 @@ def _check_batch_independence(tensors, model, pixel_values, call):
     for index in range(pixel_values.shape[0]):
         alone = call(model, pixel_values[index : index + 1])
         for name, tensor in tensors.items():
-            torch.testing.assert_close(alone[name][0], tensor[index], atol=2e-5, rtol=1e-4, msg=f"{name}, image {index}")
+            torch.testing.assert_close(
+                alone[name][0], tensor[index], atol=2e-5, rtol=1e-4, msg=f"{name}, image {index}"
+            )
 
 
 @pytest.mark.parametrize("cls", [PaCaViTModel, PaCaViTForImageClassification, PaCaViTBackbone])
@@ -116,12 +116,11 @@ def test_base_models_take_any_valid_input(cls, preset, batch, height, width):
     _check_batch_independence(tensors, model, pixel_values, lambda m, x: _outputs(cls, m, x))
 
 
-@pytest.mark.skipif(not SEGMENTATION, reason="the segmentation models are not available")
-@pytest.mark.parametrize("head", sorted(SEGMENTATION))
+@pytest.mark.parametrize("head", ["paca", "upernet"])
 @HEAVY_SETTINGS
 @given(preset=presets, batch=batches, height=sizes, width=sizes)
 def test_segmentation_models_take_any_valid_input(head, preset, batch, height, width):
-    model = SEGMENTATION[head](preset)
+    model = build_segmentation(head, preset)
     pixel_values = torch.randn(batch, 3, height, width)
 
     def call(m, x):
@@ -150,26 +149,16 @@ def test_training_forward_and_backward_work_wherever_the_teacher_allows(preset, 
     assert torch.isfinite(out.loss)
 
 
-def _detection_model():
-    try:
-        from test_maskrcnn import tiny_model
-    except ImportError:  # pragma: no cover - detection extra (torchvision) not installed
-        return None
-    torch.manual_seed(0)
-    return tiny_model().eval()
-
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def detection_model():
-    return _detection_model()
+    torch.manual_seed(0)
+    return tiny_maskrcnn().eval()
 
 
 @HEAVY_SETTINGS
 @given(batch=batches, height=sizes, width=sizes)
 def test_mask_rcnn_takes_any_valid_input(batch, height, width):
     model = detection_model()
-    if model is None:
-        pytest.skip("the Mask R-CNN model needs torchvision (pip install 'pacavit[detection]')")
     pixel_values = torch.randn(batch, 3, height, width)
     with torch.no_grad():
         detections = model(pixel_values).detections

@@ -1,14 +1,16 @@
-"""Issue 12, model side: every bad input to a PaCa-ViT model class gets an error that says what was wrong and
-what to do (cases 1-4, 9), or a documented, tested handling (NaN/Inf, float precision, tiny and extreme sizes);
+"""Every bad input to a PaCa-ViT model class gets an error that says what was wrong and
+what to do, or a documented, tested handling (NaN/Inf, float precision, tiny and extreme sizes);
 the returned hidden states receive gradients; compile/export keep working with the checks in place."""
 
 import re
 
+import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 
 from pacavit import PaCaViTBackbone, PaCaViTForImageClassification, PaCaViTModel
+
+from helpers import tiny_config
 
 CLUSTERED = dict(num_clusters=[8, 8, 8, 0])
 TEACHER = dict(use_clustering_teacher=True, num_clusters=[8, 8, 8, 8], teacher_depths=[1, 1, 1, 1])
@@ -25,7 +27,7 @@ def classifier():
     return build()
 
 
-# ---------------------------------------------------------------- case 1: channels
+# ---------------------------------------------------------------- channels
 @pytest.mark.parametrize(
     "shape, hint",
     [
@@ -80,9 +82,11 @@ def test_the_saved_segmentation_processor_converts_every_pil_mode(tmp_path, mode
     assert pixel_values.shape == (1, 3, 32, 32) and torch.isfinite(pixel_values).all()
 
 
-# ---------------------------------------------------------------- case 2: rank
+# ---------------------------------------------------------------- rank
 def test_missing_batch_dimension_says_how_to_add_it(classifier):
-    with pytest.raises(ValueError, match=r"got \(3, 32, 32\): one image without the batch dimension. Pass pixel_values\[None\]"):
+    with pytest.raises(
+        ValueError, match=r"got \(3, 32, 32\): one image without the batch dimension. Pass pixel_values\[None\]"
+    ):
         classifier(torch.randn(3, 32, 32))
 
 
@@ -93,17 +97,18 @@ def test_five_dimensional_input_says_how_to_merge_it(classifier):
 
 @pytest.mark.parametrize("value", [[[0.0]], "image.png", None])
 def test_non_tensor_input_points_to_the_image_processor(classifier, value):
-    with pytest.raises(TypeError, match=r"got a (list|str|NoneType). Turn images into a tensor with the model's image processor"):
+    with pytest.raises(
+        TypeError, match=r"got a (list|str|NoneType). Turn images into a tensor with the model's image processor"
+    ):
         classifier(value)
 
 
 def test_numpy_input_is_a_type_error(classifier):
-    np = pytest.importorskip("numpy")
     with pytest.raises(TypeError, match="got a ndarray"):
         classifier(np.zeros((1, 3, 32, 32), dtype=np.float32))
 
 
-# ---------------------------------------------------------------- case 3: sizes
+# ---------------------------------------------------------------- sizes
 @pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("size", [(1, 1), (2, 3), (31, 31), (32, 1024), (1024, 32)])
 def test_any_size_down_to_one_pixel_works_with_the_documented_shapes(cls, size):
@@ -120,7 +125,9 @@ def test_any_size_down_to_one_pixel_works_with_the_documented_shapes(cls, size):
 
 def test_teacher_in_training_needs_two_values_per_channel_at_stride_32():
     model = build(**TEACHER).train()
-    with pytest.raises(ValueError, match=r"1 image\(s\) of 31x31 give a 1x1 map at stride 32.*at least 2 images.*model.eval\(\)"):
+    with pytest.raises(
+        ValueError, match=r"1 image\(s\) of 31x31 give a 1x1 map at stride 32.*at least 2 images.*model.eval\(\)"
+    ):
         model(torch.randn(1, 3, 31, 31))
     # the limit is exact: two images, or one image with a 1x2 map at stride 32, train
     for shape in [(2, 3, 31, 31), (1, 3, 32, 33)]:
@@ -134,11 +141,13 @@ def test_empty_input_is_an_error(classifier):
             classifier(torch.randn(shape))
 
 
-# ---------------------------------------------------------------- case 4: dtypes
+# ---------------------------------------------------------------- dtypes
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
 def test_integer_input_is_an_error_saying_how_to_normalise(classifier, dtype):
     pixel_values = torch.randint(0, 2, (1, 3, 32, 32)).to(dtype)
-    with pytest.raises(TypeError, match=rf"dtype {dtype}; the model takes floating-point pixel values.*image_mean/image_std"):
+    with pytest.raises(
+        TypeError, match=rf"dtype {dtype}; the model takes floating-point pixel values.*image_mean/image_std"
+    ):
         classifier(pixel_values)
 
 
@@ -153,7 +162,7 @@ def test_other_float_precisions_are_cast_to_the_weights(classifier, dtype):
     torch.testing.assert_close(logits, expected, atol=tolerance, rtol=tolerance)
 
 
-# ---------------------------------------------------------------- case 5 (model side): NaN / Inf
+# ----------------------------------------------------------------  (model side): NaN / Inf
 @pytest.mark.parametrize("variant", [CLUSTERED, TEACHER])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_pixels_only_reach_the_outputs_of_their_own_image(variant, bad):
@@ -169,10 +178,14 @@ def test_non_finite_pixels_only_reach_the_outputs_of_their_own_image(variant, ba
     torch.testing.assert_close(logits[[0, 2]], clean[[0, 2]], atol=1e-5, rtol=1e-5)
 
 
-# ---------------------------------------------------------------- case 9: classification labels
+# ---------------------------------------------------------------- classification labels
 @pytest.mark.parametrize("labels, found", [([0, 12], r"\[12\]"), ([-1, 2], r"\[-1\]"), ([5, 7], r"\[5, 7\]")])
 def test_labels_out_of_range_name_the_values_and_num_labels(classifier, labels, found):
-    with pytest.raises(ValueError, match=rf"class indices in \[0, 4\] \(or -100 to ignore a sample\), got {found}.*num_labels=5.*ignore_mismatched_sizes=True"):
+    with pytest.raises(
+        ValueError,
+        match=rf"class indices in \[0, 4\] \(or -100 to ignore a sample\), got {found}"
+        r".*num_labels=5.*ignore_mismatched_sizes=True",
+    ):
         classifier(torch.randn(2, 3, 32, 32), labels=torch.tensor(labels))
 
 
@@ -187,7 +200,9 @@ def test_label_shape_and_dtype_mistakes_are_explained():
     pixel_values = torch.randn(2, 3, 32, 32)
     with pytest.raises(ValueError, match=r"labels of shape \(3,\).*do not fit 2 images.*shape \(2,\)"):
         build()(pixel_values, labels=torch.tensor([0, 1, 2]))
-    with pytest.raises(ValueError, match=r"read as multi-label targets, which need the logits' shape \(2, 5\).*labels.long\(\)"):
+    with pytest.raises(
+        ValueError, match=r"read as multi-label targets, which need the logits' shape \(2, 5\).*labels.long\(\)"
+    ):
         build()(pixel_values, labels=torch.tensor([0.0, 1.0]))
     model = build()
     model(pixel_values, labels=torch.tensor([0, 1]))  # now a single-label model: float indices are explained too

@@ -1,4 +1,4 @@
-"""Issue 12, the task scripts (cases 5, 10, 12): what every task script does with an output folder that holds another
+"""What every task script does with an output folder that holds another
 run (also with `--resume_from_checkpoint latest` and no checkpoint), a loss that becomes non-finite, datasets
 without the expected splits or columns or with an empty split, and SIGTERM + resume in the dense-task scripts.
 The library pieces and the classification script's interruption cases (SIGTERM, SIGKILL during a checkpoint
@@ -9,11 +9,9 @@ The scripts run in-process (their `main(argv)`), which skips the interpreter sta
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,44 +20,15 @@ import pytest
 
 from pacavit.data import pick_column, select_splits
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = {
-    "classification": "run_classification.py",
-    "semantic-segmentation": "run_semantic_segmentation.py",
-    "instance-segmentation": "run_instance_segmentation.py",
-}
-TINY_BACKBONE = [
-    "--hidden_sizes", "16", "32", "48", "64", "--num_attention_heads", "1", "1", "2", "2",
-    "--depths", "1", "1", "1", "1", "--num_clusters", "8", "8", "8", "0",
-]  # fmt: skip
+from helpers import SCRIPTS, TINY_BACKBONE_FLAGS, load_script
+
 TINY_CLASSIFIER = [
-    *TINY_BACKBONE, "--image_size", "16",
+    *TINY_BACKBONE_FLAGS, "--image_size", "16",
     "--max_eval_samples", "32", "--pipeline_eval_samples", "0", "--eval_every_epochs", "0", "--num_threads", "1",
 ]  # fmt: skip
 
 
-def load_script(task: str):
-    path = REPO / "examples" / SCRIPTS[task]
-    if not path.exists():
-        pytest.skip(f"{path.name} is not in this checkout")
-    name = f"reliability_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)  # in-process runs leave accelerate's singletons behind
-    GradientState._reset_state()
-
-
-# ---------------------------------------------------------------- case 12
+# ----------------------------------------------------------------
 @pytest.mark.parametrize("resume", [False, True], ids=["fresh", "resume-latest"])
 @pytest.mark.parametrize("task", sorted(SCRIPTS))
 def test_an_output_dir_holding_another_run_is_refused(task, resume, tmp_path, fresh_accelerate_state):
@@ -70,41 +39,55 @@ def test_an_output_dir_holding_another_run_is_refused(task, resume, tmp_path, fr
     out.mkdir()
     (out / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.9}))
     (out / "model.safetensors").write_bytes(b"another run's weights")
-    script = load_script(task)
+    script = load_script(SCRIPTS[task])
     argv = ["--output_dir", str(out), "--max_train_steps", "1"]
     if resume:
-        error, message = NoCheckpointError, r"holds a run \(all_results.json, model.safetensors\) but no complete checkpoint"
+        error, message = (
+            NoCheckpointError,
+            r"holds a run \(all_results.json, model.safetensors\) but no complete checkpoint",
+        )
         argv += ["--resume_from_checkpoint", "latest"]
     else:
-        error, message = FileExistsError, r"already holds a run \(all_results.json, model.safetensors.*--overwrite_output_dir.*--resume_from_checkpoint latest"
+        error, message = (
+            FileExistsError,
+            r"already holds a run \(all_results.json, model.safetensors"
+            r".*--overwrite_output_dir.*--resume_from_checkpoint latest",
+        )
     with pytest.raises(error, match=message):
         script.main(argv)
     assert json.loads((out / "all_results.json").read_text()) == {"eval_accuracy": 0.9}  # untouched
     assert (out / "model.safetensors").read_bytes() == b"another run's weights"
 
 
-# ---------------------------------------------------------------- case 5 (training side)
+# ----------------------------------------------------------------  (training side)
 @pytest.mark.slow
 def test_classification_stops_naming_the_update_when_the_loss_becomes_non_finite(tmp_path, fresh_accelerate_state):
     from pacavit.training import NonFiniteLossError
 
-    script = load_script("classification")
+    script = load_script(SCRIPTS["classification"])
     out = tmp_path / "run"
     argv = [
         *TINY_CLASSIFIER, "--output_dir", str(out), "--max_train_samples", "64", "--per_device_train_batch_size", "16",
         "--max_train_steps", "12", "--learning_rate", "1e30", "--warmup_epochs", "0",
     ]  # fmt: skip
-    with pytest.raises(NonFiniteLossError, match=r"Non-finite training loss \((nan|inf)\) at update \d+.*Lower the learning rate"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"Non-finite training loss \((nan|inf)\) at update \d+.*Lower the learning rate"
+    ):
         script.main(argv)
     assert not (out / "model.safetensors").exists()  # nothing trained on NaN is exported
 
 
-# ---------------------------------------------------------------- case 10: splits and columns
+# ---------------------------------------------------------------- splits and columns
 def test_a_dataset_without_the_expected_columns_names_the_columns_found():
     columns = ["picture", "category", "id"]
-    with pytest.raises(ValueError, match=r"Cannot find the image column among \['picture', 'category', 'id'\]; pass --image_column_name"):
+    with pytest.raises(
+        ValueError,
+        match=r"Cannot find the image column among \['picture', 'category', 'id'\]; pass --image_column_name",
+    ):
         pick_column(columns, None, ("image", "img"), "image")
-    with pytest.raises(ValueError, match=r"--label_column_name 'labels' is not a column; columns: \['picture', 'category', 'id'\]"):
+    with pytest.raises(
+        ValueError, match=r"--label_column_name 'labels' is not a column; columns: \['picture', 'category', 'id'\]"
+    ):
         pick_column(columns, "labels", ("label", "labels"), "label")
     assert pick_column(columns, "category", ("label",), "label") == "category"
 
@@ -128,18 +111,33 @@ def test_empty_splits_name_the_split_its_source_and_what_to_do(tmp_path):
     from pacavit.data.segmentation import load_segmentation_dataset
 
     folders = Namespace(train_dir="data/train", validation_dir=None, max_train_samples=None)
-    with pytest.raises(EmptySplitError, match=r"'train' split from the folder 'data/train' \(--train_dir\) has no samples \(0 rows\): nothing to train on\. Put images in it"):
+    with pytest.raises(
+        EmptySplitError,
+        match=r"'train' split from the folder 'data/train' \(--train_dir\) has no samples \(0 rows\): "
+        r"nothing to train on\. Put images in it",
+    ):
         check_splits_not_empty({"train": [], "validation": [1]}, folders)
-    with pytest.raises(EmptySplitError, match=r"'validation' split from the folder 'data/train' \(--train_dir; no --validation_dir\).*nothing to evaluate on"):
+    with pytest.raises(
+        EmptySplitError,
+        match=r"'validation' split from the folder 'data/train' \(--train_dir; no --validation_dir\)"
+        r".*nothing to evaluate on",
+    ):
         check_splits_not_empty({"train": [1], "validation": []}, folders)
     hub = Namespace(dataset_name="user/set", validation_split="dev", skip_corrupt_images=True)
-    with pytest.raises(EmptySplitError, match=r"the 🤗 dataset 'user/set' \(split 'dev', --validation_split\) has no samples \(0 rows\) after --skip_corrupt_images.*Choose another split"):
+    with pytest.raises(
+        EmptySplitError,
+        match=r"the 🤗 dataset 'user/set' \(split 'dev', --validation_split\) has no samples \(0 rows\) "
+        r"after --skip_corrupt_images.*Choose another split",
+    ):
         check_splits_not_empty({"train": [1], "validation": []}, hub)
     check_splits_not_empty({"train": [], "validation": [1]}, hub, required=("validation",))  # --eval_only
     check_splits_not_empty({"train": [], "validation": [1]}, Namespace(eval_only=True))  # derived from the flag
     with pytest.raises(EmptySplitError, match=r"'validation' split from the built-in data"):
         check_splits_not_empty({"train": [], "validation": []}, Namespace(eval_only=True))
-    with pytest.raises(EmptySplitError, match=r"--max_train_samples 0 leaves the 'train' split without samples\. Pass a positive number, or drop"):
+    with pytest.raises(
+        EmptySplitError,
+        match=r"--max_train_samples 0 leaves the 'train' split without samples\. Pass a positive number, or drop",
+    ):
         check_splits_not_empty({"train": [], "validation": [1]}, Namespace(max_train_samples=0))
     with pytest.raises(EmptySplitError, match=r"--max_eval_samples -1 leaves the 'validation' split"):
         limit_samples(10, -1, "validation")
@@ -148,17 +146,22 @@ def test_empty_splits_name_the_split_its_source_and_what_to_do(tmp_path):
     empty = tmp_path / "empty"
     (empty / "cat").mkdir(parents=True)
     (empty / "cat" / "notes.txt").write_text("not an image")
-    with pytest.raises(EmptySplitError, match=r"'validation' split from the folder '.*empty' \(--validation_dir\) has no images"):
+    with pytest.raises(
+        EmptySplitError, match=r"'validation' split from the folder '.*empty' \(--validation_dir\) has no images"
+    ):
         check_folder_has_images(empty, "validation_dir")
     with pytest.raises(FileNotFoundError, match=r"missing' \(from --train_dir\) is not a folder"):
         check_folder_has_images(tmp_path / "missing", "train_dir")
     for sub in ("images", "masks"):  # a segmentation folder with an empty images/
         (tmp_path / "seg" / sub).mkdir(parents=True)
-    with pytest.raises(EmptySplitError, match=r"'train' split from the folder '.*seg/images' \(--train_dir\) has no images"):
+    with pytest.raises(
+        EmptySplitError, match=r"'train' split from the folder '.*seg/images' \(--train_dir\) has no images"
+    ):
         load_segmentation_dataset(train_dir=str(tmp_path / "seg"))
     # a 0-row Hub train split and no validation split: nothing is held out, the script's check names the split
-    import datasets
     from unittest import mock
+
+    import datasets
 
     empty = datasets.DatasetDict(train=datasets.Dataset.from_dict({"image": [], "annotation": []}))
     with mock.patch("datasets.load_dataset", return_value=empty):
@@ -182,16 +185,17 @@ def _empty_split_argv(task: str, tmp_path: Path) -> tuple[list[str], str]:
     annotations.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
     flags = ["--train_dir", str(images), "--train_annotations", str(annotations)]
     flags += ["--validation_dir", str(images), "--validation_annotations", str(annotations)]
-    return flags, r"'train' split from the folder .*coco' \(--train_dir\) has no samples \(0 rows\): nothing to train on"
+    return (
+        flags,
+        r"'train' split from the folder .*coco' \(--train_dir\) has no samples \(0 rows\): nothing to train on",
+    )
 
 
 @pytest.mark.parametrize("task", sorted(SCRIPTS))
 def test_scripts_stop_on_an_empty_split_naming_it(task, tmp_path, monkeypatch, fresh_accelerate_state):
     from pacavit.data import EmptySplitError
 
-    if task == "instance-segmentation":
-        pytest.importorskip("pycocotools")
-    script = load_script(task)
+    script = load_script(SCRIPTS[task])
     if task == "semantic-segmentation":  # fewer built-in scenes
         scenes = script.load_digit_scenes
         monkeypatch.setattr(script, "load_digit_scenes", lambda: scenes(8, 2, size=32))
@@ -200,9 +204,9 @@ def test_scripts_stop_on_an_empty_split_naming_it(task, tmp_path, monkeypatch, f
         script.main([*flags, "--output_dir", str(tmp_path / "run"), "--max_train_steps", "1", "--num_threads", "1"])
 
 
-# ---------------------------------------------------------------- SIGTERM mid-run, then --resume_from_checkpoint latest
+# ------------------------------------------------------------ SIGTERM mid-run, then --resume_from_checkpoint latest
 TINY_DENSE = [
-    *TINY_BACKBONE, "--per_device_train_batch_size", "2",
+    *TINY_BACKBONE_FLAGS, "--per_device_train_batch_size", "2",
     "--num_figure_scenes", "0", "--eval_every_epochs", "0", "--checkpointing_steps", "1", "--num_threads", "1",
 ]  # fmt: skip
 
@@ -218,7 +222,9 @@ def _sigterm_after_first_checkpoint(out: Path, done: threading.Event) -> None:
 
 
 @pytest.mark.parametrize("task", ["semantic-segmentation", "instance-segmentation"])
-def test_sigterm_exits_143_with_a_checkpoint_and_resume_latest_finishes(task, tmp_path, monkeypatch, fresh_accelerate_state):
+def test_sigterm_exits_143_with_a_checkpoint_and_resume_latest_finishes(
+    task, tmp_path, monkeypatch, fresh_accelerate_state
+):
     """The dense-task scripts' own loops (in-process: main(argv), as the interpreter would run it; SystemExit(143)
     is the exit status): SIGTERM mid-run saves a complete step_N and exits 143, and a run with
     --resume_from_checkpoint latest continues from step_N to the end."""
@@ -226,7 +232,7 @@ def test_sigterm_exits_143_with_a_checkpoint_and_resume_latest_finishes(task, tm
 
     from pacavit.training import TRAINING_STATE, find_latest_checkpoint
 
-    script = load_script(task)
+    script = load_script(SCRIPTS[task])
     out = tmp_path / "run"
     flags = [*TINY_DENSE, "--output_dir", str(out)]
     if task == "semantic-segmentation":  # fewer built-in scenes, at the crop size: data in well under a second
@@ -234,7 +240,6 @@ def test_sigterm_exits_143_with_a_checkpoint_and_resume_latest_finishes(task, tm
         monkeypatch.setattr(script, "load_digit_scenes", lambda: scenes(8, 2, size=32))
         flags += ["--decode_head_hidden_size", "16", "--crop_size", "32", "--scale", "32", "32"]
     else:
-        pytest.importorskip("pycocotools")
         flags += ["--built_in_data_dir", str(tmp_path / "data"), "--built_in_scenes", "8", "2"]
     previous = signal.signal(signal.SIGTERM, lambda *_: None)  # a signal after the run must not end pytest
     done = threading.Event()
