@@ -129,6 +129,47 @@ def load_raw_datasets(args):
     return datasets.DatasetDict(splits), source
 
 
+def prepare_splits(raw, args):
+    """The image and label columns and the label names; the --max_*_samples limits; unreadable images named or
+    dropped (--verify_images / --skip_corrupt_images, counted per split). An empty split stops here, naming it and
+    its source, not in a DataLoader or a metric later."""
+    columns = list(raw["validation"].features)
+    image_column = pick_column(columns, args.image_column_name, IMAGE_COLUMNS, "image")
+    label_column = pick_column(columns, args.label_column_name, LABEL_COLUMNS, "label")
+    label_feature = raw["validation"].features[label_column]
+    if not isinstance(label_feature, datasets.ClassLabel):
+        raise ValueError(f"The label column {label_column!r} must be a datasets.ClassLabel, got {label_feature}.")
+    if args.max_train_samples is not None and "train" in raw:
+        n = limit_samples(len(raw["train"]), args.max_train_samples, "train")
+        raw["train"] = raw["train"].shuffle(seed=args.seed).select(range(n))
+    if args.max_eval_samples is not None:
+        n = limit_samples(len(raw["validation"]), args.max_eval_samples, "validation")
+        raw["validation"] = raw["validation"].select(range(n))
+    skipped = {}
+    if args.skip_corrupt_images or args.verify_images:
+        for split in [s for s in raw if not (args.eval_only and s == "train")]:
+            raw[split], messages = drop_corrupt_images(raw[split], image_column, split, args.skip_corrupt_images)
+            skipped[split] = len(messages)
+            for message in messages[:20]:
+                logger.warning(f"Skipping: {message}")
+            if messages:
+                logger.warning(f"Skipped {len(messages)} unreadable image(s) in the {split!r} split.")
+    check_splits_not_empty(raw, args)
+    return raw, image_column, label_column, list(label_feature.names), skipped
+
+
+def eval_image_processor(args):
+    """The flags' image processor; with --eval_only and no preprocessing flag, the checkpoint's own one."""
+    if args.eval_only and not {"image_size", "crop_pct", "interpolation"} & set(args.explicit_flags):
+        try:  # validate a checkpoint with its own preprocessing
+            image_processor = AutoImageProcessor.from_pretrained(args.model_name_or_path, cache_dir=args.cache_dir)
+            logger.info(f"Evaluating with the checkpoint's own image processor: {type(image_processor).__name__}.")
+            return image_processor
+        except (OSError, ValueError) as error:
+            logger.warning(f"No usable image processor in {args.model_name_or_path} ({error}); using the flags.")
+    return build_image_processor(args)
+
+
 def make_collate_fn(image_processor):
     """Stacks transformed samples, or runs the (eval) image processor on PIL images."""
 
@@ -175,6 +216,23 @@ def evaluate(model, dataloader, accelerator, ks=(1, 5), channels_last: bool = Fa
     return result, torch.cat(top1) if top1 else torch.empty(0, dtype=torch.long)
 
 
+def evaluate_checkpoint(model, eval_dataloader, accelerator, args) -> dict:
+    """--eval_only: top-1/top-5 and loss of the model as loaded, written to eval_results.json."""
+    model, eval_dataloader = accelerator.prepare(model, eval_dataloader)
+    metrics, _ = evaluate(model, eval_dataloader, accelerator, channels_last=args.channels_last)
+    results = {f"eval_{k}": v for k, v in metrics.items()}
+    results.update(model=args.model_name_or_path, world_size=accelerator.num_processes, wall_time_s=wall_time())
+    logger.info(
+        f"Eval-only: top-1 {metrics['top1']:.3f}%  top-5 {metrics['top5']:.3f}%  "
+        f"loss {metrics['loss']:.4f}  ({metrics['num_samples']} images)"
+    )
+    if accelerator.is_main_process:
+        write_json(Path(args.output_dir, "eval_results.json"), results)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return results
+
+
 def pipeline_check(folder: Path, validation, image_column, label_column, label2id, top1_predictions, args, device):
     """Re-classify raw validation images with pipeline('image-classification') loaded from the saved folder:
     returns (top-1 %, % agreeing with the evaluation loop, number of images), or Nones when disabled."""
@@ -198,6 +256,17 @@ def pipeline_check(folder: Path, validation, image_column, label_column, label2i
     return top1, agreement, n
 
 
+def describe_augmentation(train_transform, mixup, args) -> str:
+    """The model card's line on training augmentation."""
+    if train_transform is None:
+        text = "none (the eval preprocessing)"
+    else:
+        text = "; ".join(str(t) for t in getattr(train_transform, "transforms", [train_transform]))
+    if mixup is not None:
+        text += f"; mixup {args.mixup} / cutmix {args.cutmix} (switch prob {args.mixup_switch_prob})"
+    return text
+
+
 # ============================================================================================
 # Main
 # ============================================================================================
@@ -214,32 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
     # ---------------------------------------------------------------- data
     with accelerator.main_process_first():
         raw, source = load_raw_datasets(args)
-    columns = list(raw["validation"].features)
-    image_column = pick_column(columns, args.image_column_name, IMAGE_COLUMNS, "image")
-    label_column = pick_column(columns, args.label_column_name, LABEL_COLUMNS, "label")
-    label_feature = raw["validation"].features[label_column]
-    if not isinstance(label_feature, datasets.ClassLabel):
-        raise ValueError(f"The label column {label_column!r} must be a datasets.ClassLabel, got {label_feature}.")
-    label_names = list(label_feature.names)
+    raw, image_column, label_column, label_names, skipped = prepare_splits(raw, args)
     label2id = {name: i for i, name in enumerate(label_names)}
-
-    if args.max_train_samples is not None and "train" in raw:
-        n = limit_samples(len(raw["train"]), args.max_train_samples, "train")
-        raw["train"] = raw["train"].shuffle(seed=args.seed).select(range(n))
-    if args.max_eval_samples is not None:
-        n = limit_samples(len(raw["validation"]), args.max_eval_samples, "validation")
-        raw["validation"] = raw["validation"].select(range(n))
-    skipped = {}
-    if args.skip_corrupt_images or args.verify_images:
-        for split in [s for s in raw if not (args.eval_only and s == "train")]:
-            raw[split], messages = drop_corrupt_images(raw[split], image_column, split, args.skip_corrupt_images)
-            skipped[split] = len(messages)
-            for message in messages[:20]:
-                logger.warning(f"Skipping: {message}")
-            if messages:
-                logger.warning(f"Skipped {len(messages)} unreadable image(s) in the {split!r} split.")
-    # an empty split stops here, naming it and its source (not in a DataLoader or metric later)
-    check_splits_not_empty(raw, args)
 
     # ---------------------------------------------------------------- model
     model, preset_name, arch_overrides = build_model(args, label_names)
@@ -254,16 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     # ---------------------------------------------------------------- preprocessing and loaders
-    image_processor = None
-    preprocessing_flags = {"image_size", "crop_pct", "interpolation"}
-    if args.eval_only and not preprocessing_flags & set(args.explicit_flags):
-        try:  # validate a checkpoint with its own preprocessing
-            image_processor = AutoImageProcessor.from_pretrained(args.model_name_or_path, cache_dir=args.cache_dir)
-            logger.info(f"Evaluating with the checkpoint's own image processor: {type(image_processor).__name__}.")
-        except (OSError, ValueError) as error:
-            logger.warning(f"No usable image processor in {args.model_name_or_path} ({error}); using the flags.")
-    if image_processor is None:
-        image_processor = build_image_processor(args)
+    image_processor = eval_image_processor(args)
     collate_fn = make_collate_fn(image_processor)
     eval_dataset = ImageClassificationDataset(raw["validation"], image_column, label_column, split="validation")
     eval_dataloader = torch.utils.data.DataLoader(
@@ -275,19 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     if args.eval_only:
-        model, eval_dataloader = accelerator.prepare(model, eval_dataloader)
-        metrics, _ = evaluate(model, eval_dataloader, accelerator, channels_last=args.channels_last)
-        results = {f"eval_{k}": v for k, v in metrics.items()}
-        results.update(model=args.model_name_or_path, world_size=accelerator.num_processes, wall_time_s=wall_time())
-        logger.info(
-            f"Eval-only: top-1 {metrics['top1']:.3f}%  top-5 {metrics['top5']:.3f}%  "
-            f"loss {metrics['loss']:.4f}  ({metrics['num_samples']} images)"
-        )
-        if accelerator.is_main_process:
-            write_json(Path(args.output_dir, "eval_results.json"), results)
-        accelerator.wait_for_everyone()
-        accelerator.end_training()
-        return results
+        return evaluate_checkpoint(model, eval_dataloader, accelerator, args)
 
     if "train" not in raw:
         raise ValueError("No training split; pass --train_dir or a dataset with a train split (or --eval_only).")
@@ -442,13 +466,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["wall_time_s"] = wall_time()
 
         # ------------------------------------------------ model card
-        augmentation = (
-            "none (the eval preprocessing)"
-            if train_transform is None
-            else "; ".join(str(t) for t in getattr(train_transform, "transforms", [train_transform]))
-        )
-        if mixup is not None:
-            augmentation += f"; mixup {args.mixup} / cutmix {args.cutmix} (switch prob {args.mixup_switch_prob})"
+        augmentation = describe_augmentation(train_transform, mixup, args)
         recipe = {key: getattr(args, key) for key in CARD_RECIPE_KEYS}
         recipe.update(
             global_batch_size=batch_size,
