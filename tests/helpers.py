@@ -51,9 +51,7 @@ def tiny_config(preset: str = "pacavit-tiny", **overrides) -> PaCaViTConfig:
 
 
 TINY_DETECTOR = dict(
-    hidden_sizes=[16, 32, 48, 64],
-    num_attention_heads=[1, 2, 2, 4],
-    depths=[1, 1, 2, 1],
+    TINY,
     num_clusters=[8, 8, 8, 0],
     fpn_hidden_size=32,
     box_head_hidden_size=64,

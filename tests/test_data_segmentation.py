@@ -1,7 +1,5 @@
 """pacavit.data.segmentation: built-in digit scenes, paired image/mask transforms, errors for bad masks/columns."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,9 +10,6 @@ from pacavit.data.segmentation import (
     load_segmentation_dataset,
     mask_to_array,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "examples" / "run_semantic_segmentation.py"
 
 
 def test_digit_scenes_are_deterministic_and_labelled():

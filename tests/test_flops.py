@@ -4,12 +4,12 @@ Counts run on the meta device (shapes only), so the whole file takes a few secon
 """
 
 import importlib.util
-import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("pacavit_flops", ROOT / "benchmarks" / "flops.py")
+from helpers import REPO_ROOT
+
+_spec = importlib.util.spec_from_file_location("pacavit_flops", REPO_ROOT / "benchmarks" / "flops.py")
 flops = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(flops)
 

@@ -5,18 +5,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO_ROOT
 
 
 def test_gpu_check_runs_every_case_on_cpu_quick(tmp_path):
     out = tmp_path / "gpu_results.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="2")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "src"), OMP_NUM_THREADS="2")
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "benchmarks" / "gpu_check.py"),
+            str(REPO_ROOT / "benchmarks" / "gpu_check.py"),
             "--device",
             "cpu",
             "--quick",

@@ -41,8 +41,7 @@ from pacavit.training.classification import (
 
 from helpers import REPO_ROOT, TINY_BACKBONE_FLAGS, tiny_config
 
-REPO = REPO_ROOT
-SCRIPT = REPO / "examples" / "run_classification.py"
+SCRIPT = REPO_ROOT / "examples" / "run_classification.py"
 
 # A tiny PaCa-ViT at 16x16: every run below trains in a few seconds on 2 CPU cores.
 TINY = [
@@ -62,7 +61,7 @@ def start_script(args: list[str]) -> subprocess.Popen:
     """The script in the background (stderr kept for messages), for tests that signal it mid-run."""
     return subprocess.Popen(
         [sys.executable, str(SCRIPT), *args],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env=subprocess_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -75,7 +74,7 @@ def run_script(
 ) -> subprocess.CompletedProcess:
     command = (launcher or [sys.executable]) + [str(SCRIPT)] + args
     result = subprocess.run(
-        command, cwd=REPO, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout
+        command, cwd=REPO_ROOT, env=subprocess_env(**env), capture_output=True, text=True, timeout=timeout
     )
     if check and result.returncode != 0:
         raise AssertionError(

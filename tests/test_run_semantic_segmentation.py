@@ -5,12 +5,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "examples" / "run_semantic_segmentation.py"
+from helpers import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "examples" / "run_semantic_segmentation.py"
 
 
 def test_default_script_end_to_end_short(tmp_path):
@@ -46,7 +46,7 @@ def test_default_script_end_to_end_short(tmp_path):
         "--checkpointing_steps",
         "2",
     ]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["completed_steps"] == 3 and 0 <= results["eval_mean_iou"] <= 1
