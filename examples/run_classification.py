@@ -51,6 +51,7 @@ from pacavit.data import (
     pick_column,
     select_splits,
     split_train_validation,
+    to_rgb,
 )
 from pacavit.hub.cards import CardMetric, architecture_section, hardware_section, recipe_section, write_model_card
 from pacavit.hub.push import push
@@ -61,6 +62,7 @@ from pacavit.training import (
     build_optimizer,
     build_scheduler,
     current_lr,
+    export_atomically,
     global_batch_size,
     hardware_description,
     init_tracking,
@@ -243,9 +245,7 @@ def pipeline_check(folder: Path, validation, image_column, label_column, label2i
 
     pipe = pipeline("image-classification", model=str(folder), device=device)
     subset = validation.select(range(n))
-    outputs = pipe(
-        [img.convert("RGB") for img in subset[image_column]], top_k=1, batch_size=args.per_device_eval_batch_size
-    )
+    outputs = pipe([to_rgb(img) for img in subset[image_column]], top_k=1, batch_size=args.per_device_eval_batch_size)
     predicted = [label2id[o[0]["label"]] for o in outputs]
     top1 = 100.0 * sum(p == t for p, t in zip(predicted, subset[label_column], strict=True)) / n
     agreement = 100.0 * sum(p == int(q) for p, q in zip(predicted, top1_predictions[:n].tolist(), strict=True)) / n
@@ -394,40 +394,41 @@ def main(argv: list[str] | None = None) -> dict:
         run.log_eval(record)
         return record, metrics, predictions
 
-    run.start()  # progress bar; SIGTERM: a resumable checkpoint after the current update, then exit
-    update_losses = []
-    for epoch in run.epochs():
-        model.train()
-        # per-step randomness (drop-path, mixup) is seeded from (seed, epoch, batch, rank) by run.batches
-        for batch in run.batches(train_dataloader, epoch, train_dataset):
-            scheduler.step_update(run.completed_steps)
-            with accelerator.accumulate(model):
-                pixel_values, labels = batch["pixel_values"], batch["labels"]
-                if args.channels_last:
-                    pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-                targets = labels
-                if mixup is not None:
-                    pixel_values, targets = mixup(pixel_values, labels)
-                with accelerator.autocast():
-                    logits = model(pixel_values=pixel_values).logits
-                loss = criterion(logits.float(), targets)
-                backward_and_step(accelerator, model, loss, optimizer, args.clip_grad, args.clip_mode)
-            update_losses.append(loss.detach().float())
-            if not accelerator.sync_gradients:
-                continue
-            # ------------------------------------------------ one optimizer update done
-            step_loss = accelerator.reduce(torch.stack(update_losses).mean(), reduction="mean").item()
-            update_losses = []
-            if model_ema is not None:  # before update_done, which may checkpoint
-                model_ema.update(accelerator.unwrap_model(model), step=run.completed_steps + 1)
-            run.update_done(step_loss, current_lr(optimizer), epoch, batch_size)  # may checkpoint/stop/raise
-            if run.done:
-                break
-        if run.epoch_finished and not run.done and args.eval_every_epochs:
-            if (epoch + 1) % args.eval_every_epochs == 0:
-                run_eval(epoch)
-        run.epoch_done(epoch)
-    train_time = run.finish()
+    # progress bar; SIGTERM: a resumable checkpoint after the current update, then exit (hook removed on any exit)
+    with run:
+        update_losses = []
+        for epoch in run.epochs():
+            model.train()
+            # per-step randomness (drop-path, mixup) is seeded from (seed, epoch, batch, rank) by run.batches
+            for batch in run.batches(train_dataloader, epoch, train_dataset):
+                scheduler.step_update(run.completed_steps)
+                with accelerator.accumulate(model):
+                    pixel_values, labels = batch["pixel_values"], batch["labels"]
+                    if args.channels_last:
+                        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+                    targets = labels
+                    if mixup is not None:
+                        pixel_values, targets = mixup(pixel_values, labels)
+                    with accelerator.autocast():
+                        logits = model(pixel_values=pixel_values).logits
+                    loss = criterion(logits.float(), targets)
+                    backward_and_step(accelerator, model, loss, optimizer, args.clip_grad, args.clip_mode)
+                update_losses.append(loss.detach().float())
+                if not accelerator.sync_gradients:
+                    continue
+                # ------------------------------------------------ one optimizer update done
+                step_loss = accelerator.reduce(torch.stack(update_losses).mean(), reduction="mean").item()
+                update_losses = []
+                if model_ema is not None:  # before update_done, which may checkpoint
+                    model_ema.update(accelerator.unwrap_model(model), step=run.completed_steps + 1)
+                run.update_done(step_loss, current_lr(optimizer), epoch, batch_size)  # may checkpoint/stop/raise
+                if run.done:
+                    break
+            if run.epoch_finished and not run.done and args.eval_every_epochs:
+                if (epoch + 1) % args.eval_every_epochs == 0:
+                    run_eval(epoch)
+            run.epoch_done(epoch)
+    train_time = run.train_time
 
     # ---------------------------------------------------------------- final evaluation and export
     final, metrics, top1_predictions = run_eval(run.num_epochs - 1)
@@ -457,78 +458,86 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if accelerator.is_main_process:
         out = Path(args.output_dir)
-        export_model.save_pretrained(out, safe_serialization=True)
-        image_processor.save_pretrained(out)
-        pipeline_top1, pipeline_agreement, n_pipe = pipeline_check(
-            out, raw["validation"], image_column, label_column, label2id, top1_predictions, args, accelerator.device
-        )
-        results.update(pipeline_top1=pipeline_top1, pipeline_agreement=pipeline_agreement, pipeline_samples=n_pipe)
-        results["wall_time_s"] = wall_time()
-
-        # ------------------------------------------------ model card
-        augmentation = describe_augmentation(train_transform, mixup, args)
-        recipe = {key: getattr(args, key) for key in CARD_RECIPE_KEYS}
-        recipe.update(
-            global_batch_size=batch_size,
-            peak_lr=round(lrs["lr"], 8),
-            optimizer="AdamW",
-            mixed_precision=accelerator.mixed_precision,
-            processes=accelerator.num_processes,
-        )
-        pipeline_line = ""
-        if pipeline_top1 is not None:
-            pipeline_line = (
-                f'- `pipeline("image-classification")` on {n_pipe} raw validation images: top-1 '
-                f"{pipeline_top1:.2f}% (same top-1 prediction as the evaluation loop on "
-                f"{pipeline_agreement:.2f}% of them)\n"
+        with export_atomically(out) as folder:  # a crash or SIGTERM while exporting leaves no half-written folder
+            export_model.save_pretrained(folder, safe_serialization=True)
+            image_processor.save_pretrained(folder)
+            pipeline_top1, pipeline_agreement, n_pipe = pipeline_check(
+                folder,
+                raw["validation"],
+                image_column,
+                label_column,
+                label2id,
+                top1_predictions,
+                args,
+                accelerator.device,
             )
-        label_list = ", ".join(label_names[:20]) + (" ..." if len(label_names) > 20 else "")
-        n_eval = metrics["num_samples"]
-        write_model_card(
-            out / "README.md",
-            model_name=out.absolute().name,
-            task="image-classification",
-            tags=["generated_from_run_classification"],
-            dataset_name=source["name"],
-            dataset_on_hub=not source["builtin"] and source["name"] != "imagefolder",
-            metrics=[
-                CardMetric("accuracy", round(metrics[f"top{k}"] / 100.0, 4), f"Top-{k} accuracy") for k in (1, 5)
-            ],
-            intro=(
-                "PaCa-ViT (Patch-to-Cluster Attention, CVPR 2023) image classifier trained with\n"
-                "`examples/run_classification.py` of the `pacavit` package."
-            ),
-            sections={
-                f"Results (held-out validation split, {n_eval} images)": (
-                    f"- top-1 accuracy: **{metrics['top1']:.2f}%**\n"
-                    f"- top-5 accuracy: {metrics['top5']:.2f}%\n"
-                    f"- evaluation loss: {metrics['loss']:.4f}\n{pipeline_line}- weights: {weights_note}"
+            results.update(pipeline_top1=pipeline_top1, pipeline_agreement=pipeline_agreement, pipeline_samples=n_pipe)
+            results["wall_time_s"] = wall_time()
+
+            # ------------------------------------------------ model card
+            augmentation = describe_augmentation(train_transform, mixup, args)
+            recipe = {key: getattr(args, key) for key in CARD_RECIPE_KEYS}
+            recipe.update(
+                global_batch_size=batch_size,
+                peak_lr=round(lrs["lr"], 8),
+                optimizer="AdamW",
+                mixed_precision=accelerator.mixed_precision,
+                processes=accelerator.num_processes,
+            )
+            pipeline_line = ""
+            if pipeline_top1 is not None:
+                pipeline_line = (
+                    f'- `pipeline("image-classification")` on {n_pipe} raw validation images: top-1 '
+                    f"{pipeline_top1:.2f}% (same top-1 prediction as the evaluation loop on "
+                    f"{pipeline_agreement:.2f}% of them)\n"
+                )
+            label_list = ", ".join(label_names[:20]) + (" ..." if len(label_names) > 20 else "")
+            n_eval = metrics["num_samples"]
+            write_model_card(
+                folder / "README.md",
+                model_name=out.absolute().name,
+                task="image-classification",
+                tags=["generated_from_run_classification"],
+                dataset_name=source["name"],
+                dataset_on_hub=not source["builtin"] and source["name"] != "imagefolder",
+                metrics=[
+                    CardMetric("accuracy", round(metrics[f"top{k}"] / 100.0, 4), f"Top-{k} accuracy") for k in (1, 5)
+                ],
+                intro=(
+                    "PaCa-ViT (Patch-to-Cluster Attention, CVPR 2023) image classifier trained with\n"
+                    "`examples/run_classification.py` of the `pacavit` package."
                 ),
-                "Data": (
-                    f"{source['description']}\n\nTraining images: {len(train_dataset)}; evaluation images: "
-                    f"{n_eval};\nclasses: {len(label_names)} ({label_list}).\nPreprocessing "
-                    f"(`preprocessor_config.json`, `ConvNextImageProcessor`): resize shortest edge to "
-                    f"int({args.image_size} / crop_pct {args.crop_pct}) ({args.interpolation}), center crop "
-                    f"{args.image_size}, rescale 1/255, normalise mean {list(args.image_mean)} std "
-                    f"{list(args.image_std)}.\nTraining augmentation: {augmentation}."
-                ),
-                **architecture_section(preset_name, export_model.config, num_parameters, arch_overrides),
-                **recipe_section(command, recipe),
-                **hardware_section(
-                    hardware_description(accelerator, num_threads),
-                    results["wall_time_s"],
-                    train_time,
-                    run.completed_steps,
-                ),
-                "Usage": (
-                    "```python\nimport pacavit  # registers PaCa-ViT with the transformers Auto classes\n"
-                    "from transformers import pipeline\n\n"
-                    f'classifier = pipeline("image-classification", model="{setup.repo_id or str(out)}")\n'
-                    "classifier(image)  # a PIL image\n```"
-                ),
-            },
-        )
-        write_run_files(out, results, run.history, run.eval_history, accelerator.num_processes, batch_size)
+                sections={
+                    f"Results (held-out validation split, {n_eval} images)": (
+                        f"- top-1 accuracy: **{metrics['top1']:.2f}%**\n"
+                        f"- top-5 accuracy: {metrics['top5']:.2f}%\n"
+                        f"- evaluation loss: {metrics['loss']:.4f}\n{pipeline_line}- weights: {weights_note}"
+                    ),
+                    "Data": (
+                        f"{source['description']}\n\nTraining images: {len(train_dataset)}; evaluation images: "
+                        f"{n_eval};\nclasses: {len(label_names)} ({label_list}).\nPreprocessing "
+                        f"(`preprocessor_config.json`, `ConvNextImageProcessor`): resize shortest edge to "
+                        f"int({args.image_size} / crop_pct {args.crop_pct}) ({args.interpolation}), center crop "
+                        f"{args.image_size}, rescale 1/255, normalise mean {list(args.image_mean)} std "
+                        f"{list(args.image_std)}.\nTraining augmentation: {augmentation}."
+                    ),
+                    **architecture_section(preset_name, export_model.config, num_parameters, arch_overrides),
+                    **recipe_section(command, recipe),
+                    **hardware_section(
+                        hardware_description(accelerator, num_threads),
+                        results["wall_time_s"],
+                        train_time,
+                        run.completed_steps,
+                    ),
+                    "Usage": (
+                        "```python\nimport pacavit  # registers PaCa-ViT with the transformers Auto classes\n"
+                        "from transformers import pipeline\n\n"
+                        f'classifier = pipeline("image-classification", model="{setup.repo_id or str(out)}")\n'
+                        "classifier(image)  # a PIL image\n```"
+                    ),
+                },
+            )
+            write_run_files(folder, results, run.history, run.eval_history, accelerator.num_processes, batch_size)
         logger.info(
             f"Held-out top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}% on {n_eval} images; "
             f"wall time {results['wall_time_s']:.1f} s; saved to {out}"

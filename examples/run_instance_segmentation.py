@@ -39,7 +39,7 @@ import torch
 from accelerate.logging import get_logger
 
 from pacavit import training as T
-from pacavit.data.common import check_splits_not_empty, decode_image, limit_samples
+from pacavit.data.common import check_splits_not_empty, check_unreadable, decode_image, find_unreadable, limit_samples
 from pacavit.data.detection import (
     CocoInstanceDataset,
     DetectionTransform,
@@ -50,6 +50,7 @@ from pacavit.data.detection import (
 )
 from pacavit.hub.cards import CardMetric, hardware_section, recipe_section, write_model_card
 from pacavit.metrics.detection import STAT_NAMES, CocoEvaluator
+from pacavit.safe_io import OutputFolderError
 from pacavit.training.detection import (
     BASE_DEFAULTS,
     build_image_processor,
@@ -66,6 +67,7 @@ logger = get_logger(__name__)
 # --------------------------------------------------------------------------------------------
 def load_data(args):
     """(train dataset, validation dataset, dataset label) with their COCO ground truths."""
+    skip = args.skip_corrupt_images  # images that cannot even be opened are left out at load, too
     if args.dataset_name:
         import datasets
 
@@ -75,27 +77,33 @@ def load_data(args):
             name = next((n for n in names if n in raw), None)
             if name is None:
                 raise ValueError(f"{args.dataset_name} has no {split} split (splits: {list(raw)}).")
-            splits[split] = coco_from_hf_dataset(raw[name])
+            splits[split] = coco_from_hf_dataset(raw[name], split=name, skip_unreadable=skip)
         label = args.dataset_name
     elif args.train_dir or args.validation_dir:
         if not (args.validation_dir and args.validation_annotations) or (
             not args.eval_only and not (args.train_dir and args.train_annotations)
         ):
             raise ValueError("Give --train_dir/--train_annotations and --validation_dir/--validation_annotations.")
-        splits = {"validation": load_coco_folder(args.validation_dir, args.validation_annotations)}
+        splits = {"validation": load_coco_folder(args.validation_dir, args.validation_annotations, skip)}
         splits["train"] = (
-            load_coco_folder(args.train_dir, args.train_annotations) if args.train_dir else splits["validation"]
+            load_coco_folder(args.train_dir, args.train_annotations, skip) if args.train_dir else splits["validation"]
         )
         label = Path(args.validation_dir).parent.name or "coco"
     else:
-        root = build_digit_scenes_coco(args.built_in_data_dir, *args.built_in_scenes, digits=args.built_in_digits)
+        try:
+            root = build_digit_scenes_coco(args.built_in_data_dir, *args.built_in_scenes, digits=args.built_in_digits)
+        except OSError as error:
+            raise OutputFolderError(
+                f"--built_in_data_dir {args.built_in_data_dir!r} cannot be written ({type(error).__name__}: "
+                f"{error.strerror or error}). Pass a folder you can write to."
+            ) from error
         splits = {
             s: load_coco_folder(root / s, root / "annotations" / f"instances_{s}.json")
             for s in ("train", "validation")
         }
         label = "pacavit digit scenes (COCO format)"
-    train_set = CocoInstanceDataset(*splits["train"])
-    eval_set = CocoInstanceDataset(*splits["validation"])
+    train_set = CocoInstanceDataset(*splits["train"], split="train")
+    eval_set = CocoInstanceDataset(*splits["validation"], split="validation")
     for split, dataset, limit in (
         ("train", train_set, args.max_train_samples),
         ("validation", eval_set, args.max_eval_samples),
@@ -103,8 +111,19 @@ def load_data(args):
         if limit is not None:  # the evaluator then scores only these images
             n = limit_samples(len(dataset), limit, split)
             dataset.image_ids, dataset.images = dataset.image_ids[:n], dataset.images[:n]
-    # an empty split stops here, naming it and its source (not in a DataLoader or the COCO evaluator later)
     splits = {"train": train_set, "validation": eval_set}
+    if args.verify_images or args.skip_corrupt_images:  # unreadable images, named before training
+        for split, dataset in splits.items():
+            bad = find_unreadable(dataset.images, split)
+            check_unreadable(bad, split, skip=args.skip_corrupt_images)
+            if bad:  # the evaluator then scores only the images left
+                logger.warning(f"left out {len(bad)} unreadable {split} image(s)")
+                keep = sorted(set(range(len(dataset))) - {index for index, _ in bad})
+                dataset.image_ids, dataset.images = (
+                    [dataset.image_ids[i] for i in keep],
+                    [dataset.images[i] for i in keep],
+                )
+    # an empty split stops here, naming it and its source (not in a DataLoader or the COCO evaluator later)
     check_splits_not_empty(splits, args)
     return train_set, eval_set, label
 
@@ -160,7 +179,7 @@ def write_figure(model, processor, eval_set, path: Path, count: int, threshold: 
     fig, axes = plt.subplots(1, count, figsize=(2.6 * count, 2.8), squeeze=False)
     colours = plt.get_cmap("tab10")
     for ax, index in zip(axes[0], range(count)):
-        image = decode_image(eval_set.images[index])
+        image = decode_image(eval_set.images[index], index, "validation")
         inputs = processor(image)
         with torch.no_grad():
             outputs = model(**inputs)
@@ -238,31 +257,31 @@ def main(argv=None) -> dict:
 
     train_time = 0.0
     if not args.eval_only:
-        run.start()
-        for epoch in run.epochs():
-            model.train()
-            for data in run.batches(train_dl, epoch, train_set):
-                scheduler.step_update(run.completed_steps)
-                with accelerator.accumulate(model):
-                    loss = model(
-                        pixel_values=data["pixel_values"], image_sizes=data["image_sizes"], labels=data["labels"]
-                    ).loss
-                    T.backward_and_step(accelerator, model, loss, optimizer, args.clip_grad, args.clip_mode)
-                if not accelerator.sync_gradients:
-                    continue
-                value = accelerator.reduce(loss.detach(), "mean").item()
-                run.update_done(value, T.current_lr(optimizer), epoch, data["pixel_values"].shape[0])
-                if run.done:
-                    break
-            evaluate_now = args.eval_every_epochs and (epoch + 1) % args.eval_every_epochs == 0
-            if run.epoch_finished and evaluate_now and not run.done:
-                record = evaluate(model, eval_dl, accelerator, processor, eval_set)
-                run.log_eval(
-                    {f"eval_{k}": v for k, v in record.items() if v is not None}  # None: no object of that size
-                    | {"step": run.completed_steps, "epoch": epoch + 1}
-                )
-            run.epoch_done(epoch)
-        train_time = run.finish()
+        with run:  # progress bar + SIGTERM hook, removed however the loop ends
+            for epoch in run.epochs():
+                model.train()
+                for data in run.batches(train_dl, epoch, train_set):
+                    scheduler.step_update(run.completed_steps)
+                    with accelerator.accumulate(model):
+                        loss = model(
+                            pixel_values=data["pixel_values"], image_sizes=data["image_sizes"], labels=data["labels"]
+                        ).loss
+                        T.backward_and_step(accelerator, model, loss, optimizer, args.clip_grad, args.clip_mode)
+                    if not accelerator.sync_gradients:
+                        continue
+                    value = accelerator.reduce(loss.detach(), "mean").item()
+                    run.update_done(value, T.current_lr(optimizer), epoch, data["pixel_values"].shape[0])
+                    if run.done:
+                        break
+                evaluate_now = args.eval_every_epochs and (epoch + 1) % args.eval_every_epochs == 0
+                if run.epoch_finished and evaluate_now and not run.done:
+                    record = evaluate(model, eval_dl, accelerator, processor, eval_set)
+                    run.log_eval(
+                        {f"eval_{k}": v for k, v in record.items() if v is not None}  # None: no object of that size
+                        | {"step": run.completed_steps, "epoch": epoch + 1}
+                    )
+                run.epoch_done(epoch)
+        train_time = run.train_time
     completed, history, eval_history = run.completed_steps, run.history, run.eval_history
 
     results = evaluate(model, eval_dl, accelerator, processor, eval_set)
@@ -275,51 +294,53 @@ def main(argv=None) -> dict:
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         out = Path(args.output_dir)
-        unwrapped.save_pretrained(out)  # with auto_map + the model files: loads as Hub remote code
-        processor.save_pretrained(out)
-        box, mask = 100 * (results["bbox_AP"] or 0), 100 * (results["segm_AP"] or 0)
-        write_model_card(
-            out / "README.md",
-            model_name=out.name,
-            task="object-detection",
-            dataset_name=dataset_label,
-            dataset_on_hub=bool(args.dataset_name),
-            tags=["instance-segmentation", "mask-rcnn", "object-detection"],
-            intro=(
-                f"PaCa-ViT Mask R-CNN (torchvision detection engine), trained with "
-                f"`examples/run_instance_segmentation.py` (recipe `{args.recipe}`). Held-out COCO box AP {box:.1f}, "
-                f"mask AP {mask:.1f} (pycocotools).\n\n```python\nfrom transformers import pipeline\n"
-                f"detector = pipeline('object-detection', model='{out.name}', trust_remote_code=True)\n"
-                f"segmenter = pipeline('image-segmentation', model='{out.name}', subtask='instance', "
-                "trust_remote_code=True)\n```"
-            ),
-            sections={
-                "COCO metrics": "\n".join(
-                    f"- {key}: {'n/a' if results[key] is None else f'{100 * results[key]:.1f}'}"
-                    for key in (f"{t}_{n}" for t in ("bbox", "segm") for n in STAT_NAMES)
+        with T.export_atomically(out) as folder:  # a crash or SIGTERM while exporting leaves no half-written folder
+            unwrapped.save_pretrained(folder)  # with auto_map + the model files: loads as Hub remote code
+            processor.save_pretrained(folder)
+            box, mask = 100 * (results["bbox_AP"] or 0), 100 * (results["segm_AP"] or 0)
+            write_model_card(
+                folder / "README.md",
+                model_name=out.name,
+                task="object-detection",
+                dataset_name=dataset_label,
+                dataset_on_hub=bool(args.dataset_name),
+                tags=["instance-segmentation", "mask-rcnn", "object-detection"],
+                intro=(
+                    f"PaCa-ViT Mask R-CNN (torchvision detection engine), trained with "
+                    f"`examples/run_instance_segmentation.py` (recipe `{args.recipe}`). "
+                    f"Held-out COCO box AP {box:.1f}, mask AP {mask:.1f} (pycocotools).\n\n"
+                    "```python\nfrom transformers import pipeline\n"
+                    f"detector = pipeline('object-detection', model='{out.name}', trust_remote_code=True)\n"
+                    f"segmenter = pipeline('image-segmentation', model='{out.name}', subtask='instance', "
+                    "trust_remote_code=True)\n```"
                 ),
-                **recipe_section(
-                    " ".join(
-                        [
-                            "python",
-                            "examples/run_instance_segmentation.py",
-                            *(argv if argv is not None else sys.argv[1:]),
-                        ]
+                sections={
+                    "COCO metrics": "\n".join(
+                        f"- {key}: {'n/a' if results[key] is None else f'{100 * results[key]:.1f}'}"
+                        for key in (f"{t}_{n}" for t in ("bbox", "segm") for n in STAT_NAMES)
                     ),
-                    {k: getattr(args, k) for k in BASE_DEFAULTS},
-                ),
-                **hardware_section(
-                    T.hardware_description(accelerator, num_threads), T.wall_time(), train_time, completed
-                ),
-            },
-            metrics=[
-                CardMetric("mean_average_precision", results["bbox_AP"] or 0.0, "box AP"),
-                CardMetric("mean_average_precision", results["segm_AP"] or 0.0, "mask AP"),
-            ],
-        )
-        T.write_run_files(out, all_results, history, eval_history, accelerator.num_processes, batch)
-        if args.num_figure_scenes:
-            write_figure(unwrapped, processor, eval_set, out / "detection_examples.png", args.num_figure_scenes)
+                    **recipe_section(
+                        " ".join(
+                            [
+                                "python",
+                                "examples/run_instance_segmentation.py",
+                                *(argv if argv is not None else sys.argv[1:]),
+                            ]
+                        ),
+                        {k: getattr(args, k) for k in BASE_DEFAULTS},
+                    ),
+                    **hardware_section(
+                        T.hardware_description(accelerator, num_threads), T.wall_time(), train_time, completed
+                    ),
+                },
+                metrics=[
+                    CardMetric("mean_average_precision", results["bbox_AP"] or 0.0, "box AP"),
+                    CardMetric("mean_average_precision", results["segm_AP"] or 0.0, "mask AP"),
+                ],
+            )
+            if args.num_figure_scenes:
+                write_figure(unwrapped, processor, eval_set, folder / "detection_examples.png", args.num_figure_scenes)
+            T.write_run_files(folder, all_results, history, eval_history, accelerator.num_processes, batch)
         logger.info(f"held-out box AP {box:.1f}, mask AP {mask:.1f}; saved to {out}")
     accelerator.wait_for_everyone()
     accelerator.end_training()

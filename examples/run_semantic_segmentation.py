@@ -13,7 +13,8 @@ batch 16 in total, lr x10 for the head and the last clustering layers)::
 
     accelerate launch --num_processes 8 examples/run_semantic_segmentation.py --recipe paper_ade20k \\
         --model_name_or_path ivmcl/pacavit-tiny --num_clusters 200 200 200 0 \\
-        --dataset_name scene_parse_150 --do_reduce_labels --output_dir runs/pacahead-tiny-ade20k
+        --dataset_name scene_parse_150 --do_reduce_labels --id2label ade20k_id2label.json \\
+        --output_dir runs/pacahead-tiny-ade20k
 
 Evaluate a converted checkpoint: `--eval_only --model_name_or_path <folder> --eval_mode slide`.
 
@@ -28,7 +29,6 @@ import pacavit_openmp_guard  # noqa: F401  first: before torch loads OpenMP
 
 # isort: split
 # ruff: noqa: E402  (the imports below must follow the guard)
-import json
 import sys
 from pathlib import Path
 
@@ -37,13 +37,14 @@ import torch.nn.functional as F
 from accelerate.logging import get_logger
 
 from pacavit import training as T
-from pacavit.data.common import check_splits_not_empty, limit_samples
+from pacavit.data.common import check_splits_not_empty, drop_corrupt_images, limit_samples
 from pacavit.data.segmentation import (
     DIGIT_SCENE_LABELS,
     TransformedSegmentationDataset,
     collate_segmentation,
     load_digit_scenes,
     load_segmentation_dataset,
+    load_segmentation_image,
 )
 from pacavit.hub.cards import CardMetric, hardware_section, recipe_section, write_model_card
 from pacavit.metrics.segmentation import MeanIoU, all_background_mean_iou, per_image_confusion
@@ -55,6 +56,7 @@ from pacavit.training.segmentation import (
     build_model,
     build_transform,
     head_lr_multipliers,
+    load_id2label,
     parse_args,
 )
 
@@ -74,15 +76,19 @@ def load_data(args):
             args.annotation_column,
             args.dataset_config_name,
         )
-        if not args.id2label:
-            raise ValueError("Give --id2label (a JSON file {index: name}) for your classes.")
-        id2label = {int(k): v for k, v in json.loads(Path(args.id2label).read_text()).items()}
+        id2label = load_id2label(args.id2label)  # required with user data, checked by parse_args
         name = args.dataset_name or Path(args.train_dir).name
     else:
         raw, id2label, name = load_digit_scenes(), dict(enumerate(DIGIT_SCENE_LABELS)), "pacavit digit scenes"
     for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples)):
         if limit is not None:
             raw[split] = raw[split].select(range(limit_samples(len(raw[split]), limit, split)))
+    if args.verify_images or args.skip_corrupt_images:  # unreadable images and masks, named before training
+        for split in ("train", "validation"):
+            for column in ("image", "annotation"):
+                raw[split], dropped = drop_corrupt_images(raw[split], column, split, args.skip_corrupt_images)
+                if dropped:
+                    logger.warning(f"left out {len(dropped)} {split} item(s) with an unreadable {column}")
     # an empty split stops here, naming it and its source (not in 🤗 Datasets or a DataLoader later)
     check_splits_not_empty(raw, args)
     return raw, id2label, name
@@ -125,12 +131,13 @@ def write_figure(model, dataset, transform, path: Path, count: int) -> None:
     cmap = plt.get_cmap("tab20", model.config.num_labels)
     for row in range(count):
         item = dataset[row]
-        sample = transform(item["image"], item["annotation"])
+        sample = transform(item["image"], item["annotation"], where=f"validation row {row}")
         with torch.no_grad():
             out = model(sample["pixel_values"][None], output_cluster_assignments=True)
         size = sample["labels"].shape
         prediction = F.interpolate(out.logits, size=size, mode="bilinear", align_corners=False)[0].argmax(0)
-        panels = [("image", item["image"]), ("ground truth", sample["labels"]), ("prediction", prediction)]
+        image = load_segmentation_image(item["image"], f"validation row {row}")  # any column form
+        panels = [("image", image), ("ground truth", sample["labels"]), ("prediction", prediction)]
         if out.head_cluster_assignments is not None:
             panels.append(
                 ("head clusters", F.interpolate(out.head_cluster_assignments, size=size, mode="nearest")[0].argmax(0))
@@ -190,33 +197,33 @@ def main(argv=None) -> dict:
     T.init_tracking(accelerator, args, "run_semantic_segmentation", global_batch_size=batch)
     train_time = 0.0
     if not args.eval_only:
-        run.start()
-        for epoch in run.epochs():
-            model.train()
-            for data in run.batches(train_dl, epoch, train_set):
-                scheduler.step_update(run.completed_steps)
-                with accelerator.accumulate(model):
-                    loss = model(**data).loss
-                    T.backward_and_step(accelerator, model, loss, optimizer, args.clip_grad, args.clip_mode)
-                if not accelerator.sync_gradients:
-                    continue
-                value = accelerator.reduce(loss.detach(), "mean").item()
-                run.update_done(value, T.current_lr(optimizer), epoch, data["pixel_values"].shape[0])
-                if run.done:
-                    break
-            if (
-                run.epoch_finished
-                and not run.done
-                and args.eval_every_epochs
-                and (epoch + 1) % args.eval_every_epochs == 0
-            ):
-                record = evaluate(model, eval_dl, accelerator, args, id2label)
-                run.log_eval(
-                    {f"eval_{k}": v for k, v in record.items() if not k.startswith("per_")}
-                    | dict(epoch=epoch + 1, step=run.completed_steps)
-                )
-            run.epoch_done(epoch)
-        train_time = run.finish()
+        with run:  # progress bar + SIGTERM hook, removed however the loop ends
+            for epoch in run.epochs():
+                model.train()
+                for data in run.batches(train_dl, epoch, train_set):
+                    scheduler.step_update(run.completed_steps)
+                    with accelerator.accumulate(model):
+                        loss = model(**data).loss
+                        T.backward_and_step(accelerator, model, loss, optimizer, args.clip_grad, args.clip_mode)
+                    if not accelerator.sync_gradients:
+                        continue
+                    value = accelerator.reduce(loss.detach(), "mean").item()
+                    run.update_done(value, T.current_lr(optimizer), epoch, data["pixel_values"].shape[0])
+                    if run.done:
+                        break
+                if (
+                    run.epoch_finished
+                    and not run.done
+                    and args.eval_every_epochs
+                    and (epoch + 1) % args.eval_every_epochs == 0
+                ):
+                    record = evaluate(model, eval_dl, accelerator, args, id2label)
+                    run.log_eval(
+                        {f"eval_{k}": v for k, v in record.items() if not k.startswith("per_")}
+                        | dict(epoch=epoch + 1, step=run.completed_steps)
+                    )
+                run.epoch_done(epoch)
+        train_time = run.train_time
     completed, history, eval_history = run.completed_steps, run.history, run.eval_history
 
     results = evaluate(model, eval_dl, accelerator, args, id2label)
@@ -230,57 +237,57 @@ def main(argv=None) -> dict:
         train_time_s=train_time,
         completed_steps=completed,
         wall_time_s=T.wall_time(),
-        all_background_mean_iou=all_background_mean_iou(
-            (eval_transform(row["image"], row["annotation"])["labels"] for row in raw["validation"]), len(id2label)
-        ),
+        all_background_mean_iou=all_background_mean_iou((item["labels"] for item in eval_set), len(id2label)),
     )
     if accelerator.is_main_process:
         out = Path(args.output_dir)
-        # with auto_map + the model files: loads as Hub remote code (SyncBatchNorm keeps BatchNorm's keys, so a
-        # distributed run's folder loads as plain BatchNorm)
-        unwrapped.save_pretrained(out)
-        build_image_processor(args).save_pretrained(out)
-        hardware = T.hardware_description(accelerator, num_threads)
-        write_model_card(
-            out / "README.md",
-            model_name=out.name,
-            task="image-segmentation",
-            dataset_name=dataset_label,
-            dataset_on_hub=bool(args.dataset_name),
-            tags=["semantic-segmentation", f"{unwrapped.config.decode_head_type}-head"],
-            intro=(
-                f"PaCa-ViT with the {unwrapped.config.decode_head_type} decode head for semantic segmentation, "
-                f"trained with `examples/run_semantic_segmentation.py` (recipe `{args.recipe}`). Held-out mIoU "
-                f"{100 * results['mean_iou']:.2f}, aAcc {100 * results['overall_accuracy']:.2f} ({args.eval_mode} "
-                f"inference, at the original label resolution; predicting background everywhere gives mIoU "
-                f"{100 * all_results['all_background_mean_iou']:.2f}).\n\n"
-                "```python\nfrom transformers import pipeline\n"
-                f"segmenter = pipeline('image-segmentation', model='{out.name}', trust_remote_code=True)\n```"
-            ),
-            sections={
-                "Per-class IoU": "\n".join(f"- {k}: {100 * v:.2f}" for k, v in results["per_category_iou"].items()),
-                **recipe_section(
-                    " ".join(
-                        [
-                            "python",
-                            "examples/run_semantic_segmentation.py",
-                            *(argv if argv is not None else sys.argv[1:]),
-                        ]
-                    ),
-                    {k: getattr(args, k) for k in BASE_DEFAULTS},
+        with T.export_atomically(out) as folder:  # a crash or SIGTERM while exporting leaves no half-written folder
+            # with auto_map + the model files: loads as Hub remote code (SyncBatchNorm keeps BatchNorm's keys, so a
+            # distributed run's folder loads as plain BatchNorm)
+            unwrapped.save_pretrained(folder)
+            build_image_processor(args).save_pretrained(folder)
+            hardware = T.hardware_description(accelerator, num_threads)
+            write_model_card(
+                folder / "README.md",
+                model_name=out.name,
+                task="image-segmentation",
+                dataset_name=dataset_label,
+                dataset_on_hub=bool(args.dataset_name),
+                tags=["semantic-segmentation", f"{unwrapped.config.decode_head_type}-head"],
+                intro=(
+                    f"PaCa-ViT with the {unwrapped.config.decode_head_type} decode head for semantic segmentation, "
+                    f"trained with `examples/run_semantic_segmentation.py` (recipe `{args.recipe}`). Held-out mIoU "
+                    f"{100 * results['mean_iou']:.2f}, aAcc {100 * results['overall_accuracy']:.2f} ({args.eval_mode} "
+                    f"inference, at the original label resolution; predicting background everywhere gives mIoU "
+                    f"{100 * all_results['all_background_mean_iou']:.2f}).\n\n"
+                    "```python\nfrom transformers import pipeline\n"
+                    f"segmenter = pipeline('image-segmentation', model='{out.name}', trust_remote_code=True)\n```"
                 ),
-                **hardware_section(hardware, T.wall_time(), train_time, completed),
-            },
-            metrics=[
-                CardMetric("mean_iou", results["mean_iou"], "mIoU"),
-                CardMetric("accuracy", results["overall_accuracy"], "aAcc"),
-            ],
-        )
-        T.write_run_files(out, all_results, history, eval_history, accelerator.num_processes, batch)
-        if args.num_figure_scenes:
-            write_figure(
-                unwrapped, raw["validation"], eval_transform, out / "segmentation_examples.png", args.num_figure_scenes
+                sections={
+                    "Per-class IoU": "\n".join(
+                        f"- {k}: {100 * v:.2f}" for k, v in results["per_category_iou"].items()
+                    ),
+                    **recipe_section(
+                        " ".join(
+                            [
+                                "python",
+                                "examples/run_semantic_segmentation.py",
+                                *(argv if argv is not None else sys.argv[1:]),
+                            ]
+                        ),
+                        {k: getattr(args, k) for k in BASE_DEFAULTS},
+                    ),
+                    **hardware_section(hardware, T.wall_time(), train_time, completed),
+                },
+                metrics=[
+                    CardMetric("mean_iou", results["mean_iou"], "mIoU"),
+                    CardMetric("accuracy", results["overall_accuracy"], "aAcc"),
+                ],
             )
+            if args.num_figure_scenes:
+                figure = folder / "segmentation_examples.png"
+                write_figure(unwrapped, raw["validation"], eval_transform, figure, args.num_figure_scenes)
+            T.write_run_files(folder, all_results, history, eval_history, accelerator.num_processes, batch)
         logger.info(
             f"held-out mIoU {100 * results['mean_iou']:.2f} "
             f"(all-background {100 * all_results['all_background_mean_iou']:.2f}), "

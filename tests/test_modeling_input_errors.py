@@ -262,3 +262,50 @@ def test_checks_trace_under_compile():
         # dynamo may retrace with symbolic sizes, so the batch/height/width may read as s0, s1, ...)
         with pytest.raises(Exception, match=r"got \(\w+, 1, \w+, \w+\)\. Convert grayscale"):
             compiled(torch.randn(2, 1, 48, 40))
+
+
+# ---------------------------------------------------------------- Mask R-CNN processor: every PIL mode
+# (fill value, expected 8-bit gray level or None for "what convert('RGB') gives")
+MASKRCNN_MODES = {
+    "1": (1, None),
+    "L": (90, None),
+    "LA": ((90, 10), None),
+    "P": (7, None),
+    "PA": ((7, 10), None),
+    "RGBA": ((10, 20, 30, 0), None),
+    "CMYK": ((0, 50, 100, 0), None),
+    "YCbCr": ((90, 40, 200), None),
+    "I;16": (40000, 156),
+    "I;16B": (40000, 156),
+    "I": (40000, 156),
+    "F": (0.5, 128),
+}
+
+
+@pytest.mark.parametrize("mode", list(MASKRCNN_MODES))
+def test_the_saved_maskrcnn_processor_reads_every_pil_mode(tmp_path, mode):
+    """PaCaViTMaskRCNNImageProcessor reads PIL modes itself (to_uint8_chw): 16-bit modes rescaled to 8 bits (40000 ->
+    156, where convert('RGB') clips mode I to 255), F in 0..1 x 255, the rest through convert('RGB') (alpha
+    dropped, as mmdet and pacavit.data.common.to_rgb do)."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from pacavit.preprocessing import instance_segmentation_image_processor
+
+    from helpers import tiny_maskrcnn
+
+    model = tiny_maskrcnn().eval()
+    model.save_pretrained(tmp_path)  # the folder's config.json names the processor class
+    instance_segmentation_image_processor(shortest_edge=32, longest_edge=64).save_pretrained(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    fill, gray = MASKRCNN_MODES[mode]
+    image = Image.new(mode, (20, 30), fill)
+    inputs = processor(image)
+    assert inputs["pixel_values"].shape == (1, 3, 64, 32) and inputs["image_sizes"].tolist() == [[48, 32]]
+    mean, std = torch.tensor(processor.image_mean) * 255, torch.tensor(processor.image_std) * 255
+    pixel = inputs["pixel_values"][0, :, 10, 10] * std + mean
+    expected = [gray] * 3 if gray is not None else np.asarray(image.convert("RGB"))[0, 0].tolist()
+    torch.testing.assert_close(pixel, torch.tensor(expected, dtype=torch.float32), atol=1e-3, rtol=0)
+    with torch.no_grad():
+        detections = model(**inputs).detections
+    assert detections[0]["masks"].shape[1:] == (30, 20)

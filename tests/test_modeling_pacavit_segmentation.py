@@ -111,6 +111,31 @@ def test_bad_labels_give_clear_errors():
         model(pixel_values, labels=torch.zeros(1, 32, 32))
 
 
+# ---------------------------------------------------------------------------------------------- all-ignored batches
+@pytest.mark.parametrize(
+    "head, auxiliary",
+    [("paca", True), ("upernet", True), ("upernet", False)],
+    ids=["paca", "upernet", "upernet-no-aux"],
+)
+def test_batch_without_labelled_pixels_gives_zero_loss_zero_gradients_in_the_graph(head, auxiliary):
+    torch.manual_seed(0)
+    model = PaCaViTForSemanticSegmentation(seg_config(head, use_auxiliary_head=auxiliary)).train()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    out = model(pixel_values, labels=torch.full((2, 32, 32), 255))  # e.g. an all-"other" crop, reduced
+    assert out.loss.item() == 0.0 and out.decode_loss.item() == 0.0  # not NaN: a mean over no pixel
+    assert (out.auxiliary_loss is not None) == (head == "paca" or auxiliary)
+    assert out.loss.grad_fn is not None  # still in the graph: DDP and accumulation see every parameter
+    out.loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert all(g is not None and torch.count_nonzero(g) == 0 for g in grads.values())
+    # a labelled batch after it trains normally (accumulated on top of the zeros)
+    labels = torch.randint(0, 4, (2, 32, 32))
+    mixed = model(pixel_values, labels=torch.where(torch.arange(2)[:, None, None] == 0, labels, 255))
+    assert torch.isfinite(mixed.loss) and mixed.loss > 0
+    mixed.loss.backward()
+    assert any(torch.count_nonzero(p.grad) for n, p in model.named_parameters() if n.startswith("decode_head."))
+
+
 def test_batch_norm_train_and_eval_behaviour():
     model = PaCaViTForSemanticSegmentation(seg_config("paca", decode_head_dropout=0.0))
     batch = torch.randn(3, 3, 48, 48)

@@ -186,7 +186,7 @@ def test_script_fails_naming_corrupt_file_or_skips_it(imagefolder_with_corrupt_i
     ]
     failed = run_script([*common, "--verify_images", "--output_dir", str(tmp_path / "fail")], check=False)
     assert failed.returncode != 0
-    assert "ValueError: 1 unreadable image(s)" in failed.stderr and "broken.png" in failed.stderr
+    assert "CorruptImageError: 1 unreadable image(s)" in failed.stderr and "broken.png" in failed.stderr
     run_script([*common, "--skip_corrupt_images", "--output_dir", str(tmp_path / "skip")])
     results = json.loads((tmp_path / "skip" / "all_results.json").read_text())
     assert results["skipped_corrupt_images"] == {"train": 1, "validation": 0}

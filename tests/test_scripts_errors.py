@@ -16,11 +16,12 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pacavit.data import pick_column, select_splits
 
-from helpers import SCRIPTS, TINY_BACKBONE_FLAGS, load_script
+from helpers import SCRIPTS, TINY, TINY_BACKBONE_FLAGS, load_script
 
 TINY_CLASSIFIER = [
     *TINY_BACKBONE_FLAGS, "--image_size", "16",
@@ -57,6 +58,25 @@ def test_an_output_dir_holding_another_run_is_refused(task, resume, tmp_path, fr
         script.main(argv)
     assert json.loads((out / "all_results.json").read_text()) == {"eval_accuracy": 0.9}  # untouched
     assert (out / "model.safetensors").read_bytes() == b"another run's weights"
+
+
+@pytest.mark.parametrize("task", sorted(SCRIPTS))
+def test_an_output_dir_that_cannot_be_written_is_refused_before_training(task, tmp_path, fresh_accelerate_state):
+    from pacavit.safe_io import OutputFolderError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    script = load_script(SCRIPTS[task])
+    for output_dir in (blocker, blocker / "run"):
+        with pytest.raises(
+            OutputFolderError, match=r"--output_dir '.*a-file.*' cannot be written \((FileExists|NotADir)"
+        ):
+            script.main(["--output_dir", str(output_dir), "--max_train_steps", "1"])
+    assert blocker.read_text() == "not a folder"
+    if task == "instance-segmentation":  # the built-in data is written too
+        argv = ["--output_dir", str(tmp_path / "run"), "--built_in_data_dir", str(blocker / "data")]
+        with pytest.raises(OutputFolderError, match=r"--built_in_data_dir '.*a-file/data' cannot be written"):
+            script.main([*argv, "--max_train_steps", "1"])
 
 
 # ----------------------------------------------------------------  (training side)
@@ -204,11 +224,142 @@ def test_scripts_stop_on_an_empty_split_naming_it(task, tmp_path, monkeypatch, f
         script.main([*flags, "--output_dir", str(tmp_path / "run"), "--max_train_steps", "1", "--num_threads", "1"])
 
 
-# ------------------------------------------------------------ SIGTERM mid-run, then --resume_from_checkpoint latest
+# ------------------------------------------------------------ tiny runs of every script
 TINY_DENSE = [
     *TINY_BACKBONE_FLAGS, "--per_device_train_batch_size", "2",
-    "--num_figure_scenes", "0", "--eval_every_epochs", "0", "--checkpointing_steps", "1", "--num_threads", "1",
+    "--num_figure_scenes", "0", "--eval_every_epochs", "0", "--num_threads", "1",
 ]  # fmt: skip
+
+
+def _tiny_run(task: str, tmp_path: Path, monkeypatch):
+    """(the script module, flags of a run of a few seconds into tmp_path/run on tiny built-in data)."""
+    script = load_script(SCRIPTS[task])
+    flags = ["--output_dir", str(tmp_path / "run")]
+    if task == "classification":
+        return script, [*flags, *TINY_CLASSIFIER, "--max_train_samples", "32", "--per_device_train_batch_size", "16"]
+    flags += TINY_DENSE
+    if task == "semantic-segmentation":  # fewer built-in scenes, at the crop size: data in well under a second
+        scenes = script.load_digit_scenes
+        monkeypatch.setattr(script, "load_digit_scenes", lambda: scenes(8, 2, size=32))
+        return script, [*flags, "--decode_head_hidden_size", "16", "--crop_size", "32", "--scale", "32", "32"]
+    return script, [*flags, "--built_in_data_dir", str(tmp_path / "data"), "--built_in_scenes", "8", "2"]
+
+
+# ------------------------------------------------------------ truncated images in the dense scripts
+def test_instance_segmentation_names_a_truncated_image_and_can_leave_it_out(tmp_path, fresh_accelerate_state):
+    """A truncated PNG whose header still reads (so the size check at load passes): --verify_images names it before
+    training; --skip_corrupt_images leaves it out, and the evaluation scores only the images left."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from pacavit.data import CorruptImageError
+    from pacavit.data.detection import build_digit_scenes_coco
+
+    root = build_digit_scenes_coco(tmp_path / "coco", num_train=4, num_validation=3, size=64)
+    broken = root / "validation" / "00002.png"
+    broken.write_bytes(broken.read_bytes()[:200])
+    flags = [
+        *TINY_DENSE, "--output_dir", str(tmp_path / "run"), "--max_train_steps", "1",
+        "--train_dir", str(root / "train"), "--train_annotations", str(root / "annotations/instances_train.json"),
+        "--validation_dir", str(root / "validation"),
+        "--validation_annotations", str(root / "annotations/instances_validation.json"),
+    ]  # fmt: skip
+    script = load_script(SCRIPTS["instance-segmentation"])
+    with pytest.raises(CorruptImageError, match=r"1 unreadable image\(s\) in the 'validation' split:\n.*00002\.png"):
+        script.main([*flags, "--verify_images"])
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    results = script.main([*flags, "--skip_corrupt_images"])
+    assert results["completed_steps"] == 1 and (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_semantic_segmentation_names_a_truncated_image_or_mask_and_can_leave_it_out(tmp_path, fresh_accelerate_state):
+    from accelerate.state import AcceleratorState, GradientState
+    from PIL import Image
+
+    from pacavit.data import CorruptImageError
+
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"data/images/{i}.png")
+        Image.fromarray(rng.integers(0, 2, (32, 32), dtype=np.uint8)).save(tmp_path / f"data/masks/{i}.png")
+    broken = tmp_path / "data/masks/2.png"
+    broken.write_bytes(broken.read_bytes()[:100])
+    (tmp_path / "classes.json").write_text('{"0": "background", "1": "thing"}')
+    flags = [
+        *TINY_DENSE, "--output_dir", str(tmp_path / "run"), "--max_train_steps", "1", "--train_dir",
+        str(tmp_path / "data"), "--id2label", str(tmp_path / "classes.json"), "--decode_head_hidden_size", "16",
+        "--crop_size", "32", "--scale", "32", "32",
+    ]  # fmt: skip
+    script = load_script(SCRIPTS["semantic-segmentation"])
+    with pytest.raises(CorruptImageError, match=r"unreadable image\(s\) in the 'train' split:\n.*masks/2\.png"):
+        script.main([*flags, "--verify_images"])
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    assert script.main([*flags, "--skip_corrupt_images"])["completed_steps"] == 1
+
+
+def test_eval_only_refuses_a_model_with_another_number_of_classes(tmp_path, fresh_accelerate_state):
+    from pacavit import PaCaViTForSemanticSegmentation, PaCaViTSegmentationConfig
+
+    config = PaCaViTSegmentationConfig(
+        **TINY, num_clusters=[8, 8, 8, 0], num_labels=3, decode_head_hidden_size=16, auxiliary_hidden_size=8
+    )
+    PaCaViTForSemanticSegmentation(config).save_pretrained(tmp_path / "model")
+    script = load_script(SCRIPTS["semantic-segmentation"])
+    argv = ["--eval_only", "--model_name_or_path", str(tmp_path / "model"), "--output_dir", str(tmp_path / "run")]
+    with pytest.raises(ValueError, match=r"predicts 3 classes, the data has 11 .*pass the --id2label it was trained"):
+        script.main(argv)
+
+
+# ------------------------------------------------------------ an error in the loop or during the export
+@pytest.mark.parametrize("task", sorted(SCRIPTS))
+def test_an_error_in_the_loop_restores_the_signal_handlers(task, tmp_path, monkeypatch, fresh_accelerate_state):
+    """In-process and notebook use: main() that raises must not leave its SIGTERM hook installed."""
+    import pacavit.training.run
+
+    script, flags = _tiny_run(task, tmp_path, monkeypatch)
+
+    def fail(*_):
+        raise RuntimeError("a data error in the loop")
+
+    monkeypatch.setattr(pacavit.training.run, "check_finite_loss", fail)  # called after each update
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RuntimeError, match="a data error in the loop"):
+        script.main([*flags, "--max_train_steps", "2"])
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
+@pytest.mark.parametrize("task", sorted(SCRIPTS))
+def test_a_crash_during_the_export_leaves_no_half_written_folder(task, tmp_path, monkeypatch, fresh_accelerate_state):
+    """The model is written before the card; a crash between them (here: the card fails) must not leave a folder
+    with weights but no card/results, which the next run would refuse as 'holds a run'. The next run into the
+    same folder, without --overwrite_output_dir, then trains and exports completely."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    script, flags = _tiny_run(task, tmp_path, monkeypatch)
+    out = tmp_path / "run"
+    card = script.write_model_card
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(script, "write_model_card", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        script.main([*flags, "--max_train_steps", "1"])
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("runs")) == []  # nothing of the export
+
+    monkeypatch.setattr(script, "write_model_card", card)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    script.main([*flags, "--max_train_steps", "1"])
+    assert {"model.safetensors", "config.json", "README.md", "all_results.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / ".tmp_export").exists()
+
+
+# ------------------------------------------------------------ SIGTERM mid-run, then --resume_from_checkpoint latest
 
 
 def _sigterm_after_first_checkpoint(out: Path, done: threading.Event) -> None:
@@ -232,15 +383,9 @@ def test_sigterm_exits_143_with_a_checkpoint_and_resume_latest_finishes(
 
     from pacavit.training import TRAINING_STATE, find_latest_checkpoint
 
-    script = load_script(SCRIPTS[task])
+    script, flags = _tiny_run(task, tmp_path, monkeypatch)
     out = tmp_path / "run"
-    flags = [*TINY_DENSE, "--output_dir", str(out)]
-    if task == "semantic-segmentation":  # fewer built-in scenes, at the crop size: data in well under a second
-        scenes = script.load_digit_scenes
-        monkeypatch.setattr(script, "load_digit_scenes", lambda: scenes(8, 2, size=32))
-        flags += ["--decode_head_hidden_size", "16", "--crop_size", "32", "--scale", "32", "32"]
-    else:
-        flags += ["--built_in_data_dir", str(tmp_path / "data"), "--built_in_scenes", "8", "2"]
+    flags += ["--checkpointing_steps", "1"]
     previous = signal.signal(signal.SIGTERM, lambda *_: None)  # a signal after the run must not end pytest
     done = threading.Event()
     watcher = threading.Thread(target=_sigterm_after_first_checkpoint, args=(out, done), daemon=True)

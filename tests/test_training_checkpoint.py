@@ -16,6 +16,7 @@ from pacavit.training import (
     TRAINING_STATE,
     NoCheckpointError,
     check_output_dir,
+    export_atomically,
     find_latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -178,3 +179,76 @@ def test_resume_restores_registered_state_and_refuses_pickles_that_run_code(tmp_
             load_checkpoint(accelerator, path)
         assert not marker.exists()  # nothing of it ran
         (path / name).write_bytes(original)
+
+
+def test_every_pickle_of_a_checkpoint_is_checked_before_accelerate_reads_it(tmp_path, fresh_accelerate_state):
+    """optimizer.bin, scheduler.bin, sampler/scaler states: Accelerate loads them with weights_only=True itself, but
+    a code-carrying one ends in a bare UnpicklingError naming no file, and a truncated one in a zip-reader error:
+    both are refused first, naming the file."""
+    import pickle
+
+    from accelerate import Accelerator
+
+    from pacavit.safe_io import CheckpointFileError, UnsafeCheckpointError
+
+    accelerator = Accelerator(cpu=True, project_dir=str(tmp_path))
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    path = save_checkpoint(accelerator, str(tmp_path), "step_1", {"completed_steps": 1}, None)
+    assert {"optimizer.bin", "scheduler.bin"} <= {p.name for p in path.iterdir()}
+    marker = tmp_path / "code_ran"
+    for name in ("optimizer.bin", "scheduler.bin", "sampler.bin"):
+        original = (path / name).read_bytes() if (path / name).exists() else None
+        (path / name).write_bytes(pickle.dumps({"state": _Touch(marker)}, protocol=2))
+        with pytest.raises(UnsafeCheckpointError, match=rf"step_1: {name} is a pickle that needs code to load"):
+            load_checkpoint(accelerator, path)
+        assert not marker.exists()
+        if original is None:
+            (path / name).unlink()
+            continue
+        (path / name).write_bytes(original[: len(original) // 2])  # a copy that did not finish
+        with pytest.raises(CheckpointFileError, match=rf"step_1: {name} cannot be read .*truncated or corrupt"):
+            load_checkpoint(accelerator, path)
+        (path / name).write_bytes(original)
+    assert load_checkpoint(accelerator, path) == {"completed_steps": 1}
+
+
+# ---------------------------------------------------------------- the final export
+def _killed_exporter(output_dir: str) -> None:
+    with export_atomically(output_dir) as folder:
+        (folder / "model.safetensors").write_bytes(b"weights")
+        (folder / "WRITING").touch()
+        time.sleep(120)  # killed here, after the weights, before the card and results
+
+
+def test_export_is_moved_into_place_only_complete_and_results_last(tmp_path, monkeypatch):
+    fake_checkpoint(tmp_path, "step_3", 3)
+    with pytest.raises(OSError, match="full"), export_atomically(tmp_path) as folder:
+        (folder / "model.safetensors").write_bytes(b"weights")
+        raise OSError("disk full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_3"]  # nothing of it, no temporary folder
+
+    process = multiprocessing.get_context("fork").Process(target=_killed_exporter, args=(str(tmp_path),))
+    process.start()
+    deadline = time.time() + 60
+    while not (tmp_path / ".tmp_export" / "WRITING").exists():
+        assert process.is_alive() and time.time() < deadline, "the exporter never started writing"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    assert not (tmp_path / "model.safetensors").exists()
+    assert resolve_resume_path("latest", str(tmp_path)).name == "step_3"  # the resume ignores the leftover
+
+    moved = []
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (moved.append(Path(dst).name), replace(src, dst)))
+    with export_atomically(tmp_path) as folder:  # replaces the leftover
+        for name in ("all_results.json", "train_log.json", "README.md", "config.json", "model.safetensors"):
+            (folder / name).write_text(name)
+    assert moved[-3:] == ["model.safetensors", "train_log.json", "all_results.json"]
+    assert sorted(moved[:2]) == ["README.md", "config.json"]
+    assert (
+        not (tmp_path / ".tmp_export").exists() and (tmp_path / "all_results.json").read_text() == "all_results.json"
+    )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .configuration_pacavit_maskrcnn import PaCaViTMaskRCNNConfig
+from .image_processing_pacavit_maskrcnn import AnnotationError, check_annotation
 from .modeling_pacavit import PaCaViTBackbone, PaCaViTModel, PaCaViTPreTrainedModel, check_pixel_values
 
 try:
@@ -291,8 +293,12 @@ class PaCaViTForInstanceSegmentation(PaCaViTPreTrainedModel):
     Inputs: `pixel_values` (B, 3, H, W) normalised and zero-padded by `PaCaViTMaskRCNNImageProcessor`;
     `image_sizes` (B, 2) height/width of each image inside the padding (default: the whole tensor);
     `original_sizes` (B, 2), optional: rescale boxes and paste masks at these sizes (mmdet's `rescale=True`);
-    `labels` (training): one dict per image with `boxes` (N, 4) x1, y1, x2, y2 in pixels of `image_sizes`,
-    `class_labels` (N,) 0-based ids and `masks` (N, h, w) binary masks (N may be 0).
+    `labels` (training only; in eval mode they are an error, as no loss is computed there): one dict per image with
+    `boxes` (N, 4) x1, y1, x2, y2 in pixels of `image_sizes`, `class_labels` (N,) 0-based ids below `num_labels`
+    and `masks` (N, h, w) binary masks at the size of `image_sizes` (or of the padded batch); N may be 0 (a negative
+    image). They are checked with the image processor's `check_annotation` (an `AnnotationError` names `labels[i]`
+    and the fix) and moved to the model's device. `image_sizes` / `original_sizes` must give one (height, width) of
+    whole pixels >= 1 per image.
 
     In training mode it returns `loss` and `loss_dict`; in eval mode `detections` (see
     `PaCaViTInstanceSegmentationOutput`). The torchvision model is `self.detector`: `detector.backbone.body` is the
@@ -370,43 +376,66 @@ class PaCaViTForInstanceSegmentation(PaCaViTPreTrainedModel):
         }
         self.backbone.pacavit.load_state_dict(weights, strict=True)
 
-    def _targets(self, labels, image_sizes) -> list[dict]:
-        if len(labels) != len(image_sizes):
-            raise ValueError(
-                f"labels has {len(labels)} entries for {len(image_sizes)} images; give one dict per image."
+    def _targets(self, labels, sizes: list[tuple[int, int]], padded: tuple[int, int], device) -> list[dict]:
+        """torchvision's targets from `labels`, checked by `check_annotation` in the frame of `image_sizes` (masks
+        of the padded batch's size are accepted too) and moved to the model's device."""
+        if isinstance(labels, Mapping) or not isinstance(labels, (list, tuple)):
+            what = "one dict" if isinstance(labels, Mapping) else f"a {type(labels).__name__}"
+            raise AnnotationError(
+                f"labels is {what} for {len(sizes)} image(s); give a list with one dict per image (boxes, "
+                "class_labels, masks), e.g. the `labels` of PaCaViTMaskRCNNImageProcessor(images, annotations=...)."
+            )
+        if len(labels) != len(sizes):
+            raise AnnotationError(
+                f"labels has {len(labels)} entries for {len(sizes)} images; give one dict per image."
             )
         targets = []
-        for i, (target, (height, width)) in enumerate(zip(labels, image_sizes)):
-            classes = target.get("class_labels", target.get("labels"))
-            if classes is None or "boxes" not in target or "masks" not in target:
-                raise ValueError(
-                    f"labels[{i}] needs 'boxes' (N, 4), 'class_labels' (N,) and 'masks' (N, H, W); "
-                    f"got {sorted(target)}."
-                )
-            boxes = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4)
-            classes = torch.as_tensor(classes, dtype=torch.int64).reshape(-1)
-            masks = torch.as_tensor(target["masks"]).to(torch.uint8)
-            if not (len(boxes) == len(classes) == len(masks)):
-                raise ValueError(
-                    f"labels[{i}]: {len(boxes)} boxes, {len(classes)} class_labels and {len(masks)} masks; "
-                    "they must match."
-                )
-            if len(classes) and (classes.min() < 0 or classes.max() >= self.config.num_labels):
-                raise ValueError(
-                    f"labels[{i}]: class_labels must be 0-based ids below num_labels={self.config.num_labels}, got "
-                    f"{classes.tolist()}."
-                )
-            degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-            outside = (boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)
-            if degenerate.any() or outside.any():
-                bad = torch.where(degenerate | outside)[0].tolist()
-                raise ValueError(
-                    f"labels[{i}]: boxes {boxes[bad].tolist()} (index {bad}) have zero area or lie outside the "
-                    f"{height}x{width} image. Give x1 < x2, y1 < y2 in pixels; pacavit.data.detection clips boxes to "
-                    "the image and drops empty ones for you."
-                )
-            targets.append({"boxes": boxes, "labels": classes + 1, "masks": masks})  # torchvision: 0 = background
+        for i, (target, size) in enumerate(zip(labels, sizes)):
+            target = check_annotation(
+                target,
+                f"labels[{i}]",
+                size,
+                f"image_sizes[{i}]",
+                num_labels=self.config.num_labels,
+                padded_size=padded,
+                mask_fix=(
+                    " inside pixel_values, resized with it (PaCaViTMaskRCNNImageProcessor(images, annotations=...) "
+                    "returns such labels)"
+                ),
+            )
+            targets.append(  # torchvision: 0 = background
+                {
+                    "boxes": target["boxes"].to(device),
+                    "labels": (target["class_labels"] + 1).to(device),
+                    "masks": target["masks"].to(device),
+                }
+            )
         return targets
+
+    @staticmethod
+    def _sizes(value, name: str, batch: int, limit: tuple[int, int] | None = None) -> list[tuple[int, int]]:
+        """(height, width) per image from a (B, 2) tensor or a list of pairs: whole pixels >= 1 (and within `limit`,
+        the padded batch, for image_sizes)."""
+        rows = value.tolist() if torch.is_tensor(value) else value
+        try:
+            sizes = []
+            for row in rows:
+                height, width = (float(v) for v in row)
+                if not (height.is_integer() and width.is_integer()):
+                    raise ValueError(row)
+                sizes.append((int(height), int(width)))
+        except (TypeError, ValueError):
+            sizes = None
+        fits = sizes is not None and len(sizes) == batch and all(h >= 1 and w >= 1 for h, w in sizes)
+        if fits and limit is not None:
+            fits = all(h <= limit[0] and w <= limit[1] for h, w in sizes)
+        if not fits:
+            within = f" within {limit[0]}x{limit[1]}" if limit is not None else ""
+            raise ValueError(
+                f"{name} {rows} must give one (height, width){within} per image ({batch}), in whole pixels >= 1 "
+                "(the image processor returns it with pixel_values)."
+            )
+        return sizes
 
     def forward(
         self,
@@ -420,18 +449,21 @@ class PaCaViTForInstanceSegmentation(PaCaViTPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         check_pixel_values(pixel_values, self.config, self.training)  # type, rank, channels, dtype, size
         batch, _, height, width = pixel_values.shape
-        if image_sizes is None:
-            image_sizes = [(height, width)] * batch
-        sizes = [
-            tuple(int(v) for v in s) for s in (image_sizes.tolist() if torch.is_tensor(image_sizes) else image_sizes)
-        ]
-        if len(sizes) != batch or any(h > height or w > width or h < 1 or w < 1 for h, w in sizes):
-            raise ValueError(f"image_sizes {sizes} must give one (height, width) within {height}x{width} per image.")
+        sizes = self._sizes(
+            [(height, width)] * batch if image_sizes is None else image_sizes, "image_sizes", batch, (height, width)
+        )
+        frames = sizes if original_sizes is None else self._sizes(original_sizes, "original_sizes", batch)
         if self.training and labels is None:
             raise ValueError(
                 "In training mode the model needs `labels` (one dict of boxes, class_labels, masks per image)."
             )
-        targets = self._targets(labels, sizes) if (self.training and labels is not None) else None
+        if not self.training and labels is not None:
+            raise ValueError(
+                "labels were given in eval mode, where the model returns detections and no loss (torchvision's "
+                "Mask R-CNN computes losses only in training mode). Call model.train() to train on them, or drop "
+                "labels for inference."
+            )
+        targets = self._targets(labels, sizes, (height, width), pixel_values.device) if self.training else None
 
         images = ImageList(pixel_values, sizes)
         features = self.detector.backbone(pixel_values)
@@ -442,12 +474,6 @@ class PaCaViTForInstanceSegmentation(PaCaViTPreTrainedModel):
             output = PaCaViTInstanceSegmentationOutput(loss=sum(loss_dict.values()), loss_dict=loss_dict)
             return output if return_dict else output.to_tuple()
 
-        frames = sizes
-        if original_sizes is not None:
-            frames = [
-                tuple(int(v) for v in s)
-                for s in (original_sizes.tolist() if torch.is_tensor(original_sizes) else original_sizes)
-            ]
         results = []
         for detection, (h, w), (frame_h, frame_w) in zip(detections, sizes, frames):
             boxes = detection["boxes"]

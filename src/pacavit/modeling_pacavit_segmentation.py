@@ -237,8 +237,16 @@ class PaCaViTForSemanticSegmentation(PaCaViTPreTrainedModel):
         return labels.long()
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the logits upsampled to the labels, averaged over the labelled pixels (mmseg's
+        `avg_non_ignore=True`, PyTorch's `reduction="mean"`). A batch without a labelled pixel (all ignored, e.g. a
+        crop of ADE20K's 'other' with `do_reduce_labels`) gives 0, not the NaN of a mean over nothing: finite, with
+        zero gradients, and still part of the graph, so DDP and gradient accumulation see every parameter. Summed
+        in float32 (a float16 sum over many pixels would overflow)."""
+        ignore = self.config.semantic_loss_ignore_index
         upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
+        per_pixel = F.cross_entropy(upsampled, labels, ignore_index=ignore, reduction="none")  # 0 where ignored
+        labelled = (labels != ignore).sum().clamp(min=1)  # a tensor: no device sync, compile-friendly
+        return (per_pixel.sum(dtype=torch.float32) / labelled).to(per_pixel.dtype)
 
     def forward(
         self,

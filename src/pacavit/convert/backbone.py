@@ -30,7 +30,9 @@ from .common import (
     check_supported,
     extract_state_dict,
     load_checkpoint_file,
+    reading_original_config,
     save_converted_model,
+    source_name,
     split_backbone_and_heads,
 )
 
@@ -51,11 +53,23 @@ def _require(condition: bool, message: str) -> None:
 def config_from_original(constructor: dict, **overrides) -> PaCaViTConfig:
     """Translate the keyword arguments of the original `PaCaViT(...)` constructor into a `PaCaViTConfig`.
 
-    Accepts the fixture/manifest JSON form (with an `original_constructor` key) or the bare kwargs.
+    Accepts the fixture/manifest JSON form (with an `original_constructor` key) or the bare kwargs. A missing key
+    or a value of the wrong type is a `ConversionError` naming it.
     """
-    if "original_constructor" in constructor:
-        constructor = constructor["original_constructor"]
-    c = constructor
+    if not isinstance(constructor, dict):
+        raise ConversionError(
+            f"The original configuration must be a dict of the constructor's keyword arguments, got "
+            f"{type(constructor).__name__}."
+        )
+    with reading_original_config("original configuration (the PaCaViT constructor's keyword arguments)"):
+        if "original_constructor" in constructor:
+            constructor = constructor["original_constructor"]
+        kwargs = _config_kwargs_from_original(constructor)
+    kwargs.update(overrides)
+    return PaCaViTConfig(**kwargs)
+
+
+def _config_kwargs_from_original(c: dict) -> dict:
     arch, paca = c["arch_cfg"], c["paca_cfg"]
     for name, cfg, patch in (("stem_cfg", c.get("stem_cfg"), 4), ("trans_cfg", c.get("trans_cfg"), 2)):
         if cfg is None:
@@ -140,8 +154,7 @@ def config_from_original(constructor: dict, **overrides) -> PaCaViTConfig:
         out_indices=[i + 1 for i in out_indices] if out_indices else None,
         **teacher_kwargs,
     )
-    kwargs.update(overrides)
-    return PaCaViTConfig(**kwargs)
+    return kwargs
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,7 +405,7 @@ def convert_backbone_checkpoint(
     """Convert `checkpoint` (a path, or an already loaded dict) into a `PaCaViTForImageClassification` folder
     (with the original ImageNet evaluation as its image processor) or a `PaCaViTBackbone` folder; returns the
     model."""
-    state_dict = extract_state_dict(load_checkpoint_file(checkpoint), use_ema=use_ema)
+    state_dict = extract_state_dict(load_checkpoint_file(checkpoint), use_ema=use_ema, source=source_name(checkpoint))
     backbone_only, _ = split_backbone_and_heads(state_dict)
     config = build_backbone_config(backbone_only, task, preset, original_config)
     converted, report = convert_backbone_state_dict(state_dict, config, task)

@@ -8,15 +8,17 @@ Without --preset/--original-config the architecture, task and head come from the
 strictly against the weights. The conversion is strict: every source key is either mapped or dropped for a stated
 reason (the dropped keys are listed), and a key that no rule understands, a missing target key or a shape mismatch
 is an error that names the keys.
+
+Errors in the inputs (a checkpoint file that is missing, truncated or not a checkpoint, an --original-config that
+is not JSON, an --output-dir that cannot be written or holds the checkpoint, ...) are one `error:` line naming the
+file or flag, and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from .common import IMAGE_CLASSIFICATION, TASKS
+from .common import IMAGE_CLASSIFICATION, TASKS, check_output_dir, load_original_config
 from .dispatch import convert_by_name, convert_checkpoint
 
 
@@ -24,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pacavit.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", required=True, help="original .pth (timm, mmseg or mmdet layout)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="original .pth (timm, mmseg or mmdet layout), or its .safetensors"
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--preset", help="preset or original builder name, e.g. pacavit-tiny / pacavit_tiny_p2cconv_100_0"
@@ -46,15 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    original = json.loads(Path(args.original_config).read_text()) if args.original_config else None
     try:
+        check_output_dir(args.output_dir, args.checkpoint, *([args.original_config] if args.original_config else []))
+        original = load_original_config(args.original_config) if args.original_config else None
         if args.preset is None and original is None:
             convert_by_name(args.checkpoint, args.output_dir, args.checkpoint_name, args.task, args.ema)
         else:
             task = args.task or IMAGE_CLASSIFICATION
             convert_checkpoint(args.checkpoint, args.output_dir, task, args.preset, original, args.ema)
-    except ValueError as error:  # ConversionError and unknown presets: a message, not a traceback
+    except ValueError as error:  # the converter's and safe_io's errors, unknown presets: a message, no traceback
         parser.exit(2, f"error: {error}\n")
+    except OSError as error:  # what no check foresaw (a disk failing while reading, ...): still one line
+        parser.exit(2, f"error: {error.filename or args.output_dir}: {error.strerror or error}\n")
 
 
 __all__ = ["build_parser", "main"]

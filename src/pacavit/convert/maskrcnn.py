@@ -40,7 +40,9 @@ from .common import (
     check_supported,
     extract_state_dict,
     load_checkpoint_file,
+    reading_original_config,
     save_converted_model,
+    source_name,
 )
 
 # The 80 COCO classes in mmdet's order (`CocoDataset.METAINFO['classes']`, = the category ids sorted).
@@ -177,8 +179,38 @@ def _reorder(new_key: str, value: torch.Tensor, num_classes: int) -> torch.Tenso
 # --------------------------------------------------------------------------------------------
 def detector_settings(head: dict | None, state_dict: dict) -> dict:
     """`PaCaViTMaskRCNNConfig` keyword arguments from the mmdet dicts (`neck`, `rpn_head`, `roi_head`,
-    `test_cfg`; any may be missing) and the checkpoint's shapes (which always win for widths and class count)."""
-    head = head or {}
+    `test_cfg`; any may be missing) and the checkpoint's shapes (which always win for widths and class count).
+    A value of the wrong type in the dicts is a `ConversionError` naming it."""
+    with reading_original_config("original configuration's detector dicts (neck, rpn_head, roi_head, test_cfg)"):
+        settings = _settings_from_original(head or {})
+
+    # widths and counts from the weights
+    def shape(key):
+        if key not in state_dict:
+            raise ConversionError(f"The checkpoint has no {key!r}: it is not an mmdet Mask R-CNN checkpoint.")
+        return tuple(state_dict[key].shape)
+
+    settings["fpn_hidden_size"] = shape("neck.lateral_convs.0.conv.weight")[0]
+    settings["box_head_hidden_size"] = shape("roi_head.bbox_head.shared_fcs.0.weight")[0]
+    settings["mask_head_hidden_size"] = shape("roi_head.mask_head.convs.0.conv.weight")[0]
+    settings["mask_head_num_convs"] = len(
+        {m.group(1) for k in state_dict if (m := re.match(r"^roi_head\.mask_head\.convs\.(\d+)\.", k))}
+    )
+    settings["num_labels"] = shape("roi_head.bbox_head.fc_cls.weight")[0] - 1
+    num_anchors = shape("rpn_head.rpn_cls.weight")[0]
+    ratios = settings.get("anchor_aspect_ratios", [0.5, 1.0, 2.0])
+    _require(
+        num_anchors == len(ratios), f"rpn_cls has {num_anchors} anchors per position, the anchor config {len(ratios)}"
+    )
+    _require(
+        shape("rpn_head.rpn_cls.weight")[0] * 4 == shape("rpn_head.rpn_reg.weight")[0],
+        "rpn_reg must have 4 deltas per anchor",
+    )
+    return settings
+
+
+def _settings_from_original(head: dict) -> dict:
+    """The settings the mmdet dicts give (see `detector_settings`)."""
     settings: dict = {}
     neck, rpn, roi = head.get("neck") or {}, head.get("rpn_head") or {}, head.get("roi_head") or {}
     if neck:
@@ -248,29 +280,6 @@ def detector_settings(head: dict | None, state_dict: dict) -> dict:
             box_detections_per_image=r.get("max_per_img", 100),
             mask_threshold=r.get("mask_thr_binary", 0.5),
         )
-
-    # widths and counts from the weights
-    def shape(key):
-        if key not in state_dict:
-            raise ConversionError(f"The checkpoint has no {key!r}: it is not an mmdet Mask R-CNN checkpoint.")
-        return tuple(state_dict[key].shape)
-
-    settings["fpn_hidden_size"] = shape("neck.lateral_convs.0.conv.weight")[0]
-    settings["box_head_hidden_size"] = shape("roi_head.bbox_head.shared_fcs.0.weight")[0]
-    settings["mask_head_hidden_size"] = shape("roi_head.mask_head.convs.0.conv.weight")[0]
-    settings["mask_head_num_convs"] = len(
-        {m.group(1) for k in state_dict if (m := re.match(r"^roi_head\.mask_head\.convs\.(\d+)\.", k))}
-    )
-    settings["num_labels"] = shape("roi_head.bbox_head.fc_cls.weight")[0] - 1
-    num_anchors = shape("rpn_head.rpn_cls.weight")[0]
-    ratios = settings.get("anchor_aspect_ratios", [0.5, 1.0, 2.0])
-    _require(
-        num_anchors == len(ratios), f"rpn_cls has {num_anchors} anchors per position, the anchor config {len(ratios)}"
-    )
-    _require(
-        shape("rpn_head.rpn_cls.weight")[0] * 4 == shape("rpn_head.rpn_reg.weight")[0],
-        "rpn_reg must have 4 deltas per anchor",
-    )
     return settings
 
 
@@ -351,7 +360,7 @@ def convert_maskrcnn_checkpoint(
 ):
     """Convert an mmdet Mask R-CNN checkpoint; save model + image processor to `output_dir`; return the model."""
     raw = load_checkpoint_file(checkpoint)
-    state_dict = extract_state_dict(raw, use_ema=use_ema)
+    state_dict = extract_state_dict(raw, use_ema=use_ema, source=source_name(checkpoint))
     meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
     class_names = (meta.get("dataset_meta") or {}).get("classes")
     config = build_maskrcnn_config(state_dict, preset, original_config, list(class_names) if class_names else None)

@@ -35,7 +35,9 @@ from .common import (
     check_supported,
     extract_state_dict,
     load_checkpoint_file,
+    reading_original_config,
     save_converted_model,
+    source_name,
 )
 
 _BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
@@ -111,7 +113,13 @@ _require = partial(check_supported, what="head configuration")
 
 
 def head_config_from_original(head: dict, backbone: PaCaViTConfig) -> dict:
-    """`PaCaViTSegmentationConfig` fields from the mmseg head dicts `{"decode_head": {...}, "auxiliary_head": ...}`."""
+    """`PaCaViTSegmentationConfig` fields from the mmseg head dicts `{"decode_head": {...}, "auxiliary_head": ...}`.
+    A missing key or a value of the wrong type is a `ConversionError` naming it."""
+    with reading_original_config("original configuration's head dicts (decode_head, auxiliary_head)"):
+        return _head_fields_from_original(head, backbone)
+
+
+def _head_fields_from_original(head: dict, backbone: PaCaViTConfig) -> dict:
     decode, auxiliary = head.get("decode_head"), head.get("auxiliary_head")
     _require(isinstance(decode, dict), "no decode_head dict")
     _require(decode.get("type") in _HEAD_TYPES, f"decode_head.type={decode.get('type')!r}; one of {list(_HEAD_TYPES)}")
@@ -269,7 +277,7 @@ def convert_segmentation_checkpoint(
     preprocessing (`pacavit.preprocessing`) to `output_dir`; return the model. The class names come from the
     checkpoint's `meta.dataset_meta.classes` when they fit."""
     raw = load_checkpoint_file(checkpoint)
-    state_dict = extract_state_dict(raw, use_ema=use_ema)
+    state_dict = extract_state_dict(raw, use_ema=use_ema, source=source_name(checkpoint))
     config = build_segmentation_config(state_dict, preset, original_config)
     classes = ((raw.get("meta") or {}).get("dataset_meta") or {}).get("classes") if isinstance(raw, dict) else None
     if classes and len(classes) == config.num_labels:

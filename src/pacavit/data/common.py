@@ -27,18 +27,54 @@ def describe_image_source(value: Any, index: int | None = None, split: str | Non
     where = []
     if isinstance(value, dict) and value.get("path"):
         where.append(f"file {value['path']!r}")
-    elif isinstance(value, str):
-        where.append(f"file {value!r}")
+    elif isinstance(value, (str, os.PathLike)):
+        where.append(f"file {str(value)!r}")
     if index is not None:
         where.append(f"index {index}" + (f" of the {split!r} split" if split else ""))
     return ", ".join(where) or "an image"
 
 
-def decode_image(value: Any, index: int | None = None, split: str | None = None) -> PILImage.Image:
-    """Decode a 🤗 `Image(decode=False)` value (`{"bytes", "path"}`), a path or a PIL image into an RGB image.
+# Pillow's modes of more than 8 bits per sample: `convert("RGB")` clips them at 255 (a 16-bit photo turns white)
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+CORRUPT_IMAGE_FIX = (
+    "Fix or remove the image; or pass --skip_corrupt_images to the training script to leave unreadable images out "
+    "(--verify_images checks all of them before training)."
+)
 
-    Raises `CorruptImageError` naming the file and index when the image cannot be read completely.
-    """
+
+def to_rgb(image: PILImage.Image, where: str = "an image") -> PILImage.Image:
+    """An 8-bit RGB image from a PIL image of any mode, rescaling deeper ones instead of clipping them.
+
+    - 16-bit modes (`I;16*`, and `I`, in which Pillow opens some 16-bit PNG/TIFF files): values 0..65535 map
+      linearly to 0..255 (`round(v / 257)`); an `I` image with values outside 0..65535 is refused.
+    - `F` (32-bit float): values in [0, 1] are scaled by 255, values in [0, 255] are taken as 8-bit levels;
+      other ranges cannot be interpreted and are refused.
+    - every other mode (L, P, RGBA, CMYK, YCbCr, ...) through Pillow's own `convert("RGB")`.
+    `where` names the image in errors."""
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if image.mode == "F":
+            if low < 0 or high > 255 or not np.isfinite(array).all():
+                raise CorruptImageError(
+                    f"Cannot read {where}: a floating-point (mode 'F') image with values in [{low:g}, {high:g}]; "
+                    "only [0, 1] or [0, 255] can be read as intensities. Save it as an 8- or 16-bit image."
+                )
+            scale = 255.0 if high <= 1.0 else 1.0
+        else:
+            if low < 0 or high > 65535:
+                raise CorruptImageError(
+                    f"Cannot read {where}: a 32-bit integer (mode 'I') image with values in [{low:g}, {high:g}], "
+                    "outside the 16-bit range 0..65535. Save it as an 8- or 16-bit image."
+                )
+            scale = 255.0 / 65535.0
+        image = PILImage.fromarray(np.clip(np.round(array * scale), 0, 255).astype(np.uint8), mode="L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def open_image(value: Any, index: int | None = None, split: str | None = None) -> PILImage.Image:
+    """Open and fully decode a 🤗 `Image(decode=False)` value (`{"bytes", "path"}`), a path or a PIL image, in its
+    own mode. Raises `CorruptImageError` naming the file and index when it cannot be read completely."""
     try:
         if isinstance(value, PILImage.Image):
             image = value
@@ -54,30 +90,40 @@ def decode_image(value: Any, index: int | None = None, split: str | None = None)
         else:
             raise TypeError(f"unsupported image value of type {type(value).__name__}")
         image.load()  # forces a full decode: truncated or corrupt files fail here
-        return image if image.mode == "RGB" else image.convert("RGB")
-    except CorruptImageError:
-        raise
+        return image
     except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+        where = describe_image_source(value, index, split)
         raise CorruptImageError(
-            f"Cannot read {describe_image_source(value, index, split)}: {type(error).__name__}: {error}. "
-            "Fix or remove the image, or pass --skip_corrupt_images to skip unreadable images."
+            f"Cannot read {where}: {type(error).__name__}: {error}. {CORRUPT_IMAGE_FIX}"
         ) from error
 
 
+def decode_image(value: Any, index: int | None = None, split: str | None = None) -> PILImage.Image:
+    """`open_image`, as an 8-bit RGB image (`to_rgb`: 16-bit and float images are rescaled, not clipped)."""
+    return to_rgb(open_image(value, index, split), describe_image_source(value, index, split))
+
+
+def find_unreadable(values, split: str | None = None) -> list[tuple[int, str]]:
+    """`(index, message)` of each of `values` (paths, PIL images, `{"bytes", "path"}`) that `open_image` cannot
+    read."""
+    bad = []
+    for index, value in enumerate(values):
+        try:
+            open_image(value, index, split)
+        except CorruptImageError as error:
+            bad.append((index, str(error)))
+    return bad
+
+
 def find_corrupt_images(dataset, image_column: str = "image", split: str | None = None) -> list[tuple[int, str]]:
-    """Try to decode every image of a 🤗 dataset; return `(index, message)` for each one that fails."""
+    """Try to decode every image of a 🤗 dataset's `image_column` (an `Image` feature; other columns, e.g. masks
+    stored as arrays, have no files to check: []); return `(index, message)` for each one that fails."""
     import datasets
 
-    raw = dataset.cast_column(image_column, datasets.Image(decode=False))
-    bad, index = [], 0
-    for batch in raw.select_columns([image_column]).iter(batch_size=256):
-        for value in batch[image_column]:
-            try:
-                decode_image(value, index, split)
-            except CorruptImageError as error:
-                bad.append((index, str(error)))
-            index += 1
-    return bad
+    if not isinstance(dataset.features[image_column], datasets.Image):
+        return []
+    raw = dataset.cast_column(image_column, datasets.Image(decode=False)).select_columns([image_column])
+    return find_unreadable((row[image_column] for row in raw), split)
 
 
 def sample_seed(*parts: int) -> int:
@@ -93,19 +139,25 @@ def seed_everything_from(seed: int) -> None:
 
 
 def drop_corrupt_images(dataset, image_column: str, split: str, skip: bool):
-    """Check every image. Fail naming the unreadable ones, or (`skip=True`) drop them.
+    """Check every image of a 🤗 dataset's `image_column`. Fail naming the unreadable ones, or (`skip=True`)
+    drop them.
 
     Returns `(dataset, messages)`, one message (naming the file and index) per dropped image."""
     bad = find_corrupt_images(dataset, image_column, split)
+    check_unreadable(bad, split, skip)
     if not bad:
         return dataset, []
-    if not skip:
-        listing = "\n  ".join(message for _, message in bad[:20])
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise ValueError(f"{len(bad)} unreadable image(s) in the {split!r} split:\n  {listing}{more}")
     bad_indices = {i for i, _ in bad}
     keep = [i for i in range(len(dataset)) if i not in bad_indices]
     return dataset.select(keep), [message for _, message in bad]
+
+
+def check_unreadable(bad: list[tuple[int, str]], split: str, skip: bool) -> None:
+    """Unless `skip`, fail listing the unreadable images `bad` (`(index, message)`, from `find_unreadable`)."""
+    if bad and not skip:
+        listing = "\n  ".join(message for _, message in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise CorruptImageError(f"{len(bad)} unreadable image(s) in the {split!r} split:\n  {listing}{more}")
 
 
 # --------------------------------------------------------------------------------------------

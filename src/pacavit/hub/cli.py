@@ -1,4 +1,8 @@
-"""`python -m pacavit.hub export|install|push`: a Hub-ready folder, the offline cache, the upload."""
+"""`python -m pacavit.hub export|install|push`: a Hub-ready folder, the offline cache, the upload.
+
+Every error the tools know (a folder that is not a PaCa-ViT model folder, a corrupt config.json or truncated
+weights, an invalid --repo-id / --revision, a --cache-dir or DST that cannot be written, offline mode for a push,
+...) is one `error:` line naming the file or flag, and exit status 2."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 from .cache import install_to_cache
 from .export import export_folder
-from .folder import HubFolderError, files_to_upload
+from .folder import files_to_upload
 from .push import push
 
 
@@ -60,8 +64,11 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"uploaded {len(files)} files to {args.repo_id}:")
             for rel in files:
                 print(f"  {rel}  ({(folder / rel).stat().st_size} bytes)")
-    except (HubFolderError, OSError) as error:
+    except ValueError as error:  # HubFolderError, OutputFolderError, CheckpointFileError: the message says it all
         parser.exit(2, f"error: {error}\n")
+    except OSError as error:  # what no check foresaw (a disk failing while reading, ...): still one line
+        where = f"{error.filename}: " if error.filename else ""
+        parser.exit(2, f"error: {where}{error.strerror or error}\n")
 
 
 __all__ = ["build_parser", "main"]

@@ -4,26 +4,35 @@ The folder loads as Hub remote code without this package: `config.json` gets the
 class registered for its config), the flat model files are copied beside the weights (found by following their
 single-dot relative imports, as transformers does, and checked to import nothing of `pacavit`), and every folder
 gets an image processor and a model card.
+
+Everything it reads is checked first (`pacavit.hub.folder.check_model_folder`): a source that is not a PaCa-ViT
+model folder, a corrupt `config.json` or processor config, truncated weights, a `--card` that is not a text file,
+an invalid `--repo-id`, a DST that is the source (or holds it) are each a `HubFolderError` naming the file or
+argument, before anything is written.
 """
 
 from __future__ import annotations
 
-import ast
 import inspect
 import json
-import shutil
+import pickle
 from pathlib import Path
 
 import transformers
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoImageProcessor
 from transformers.dynamic_module_utils import get_relative_import_files
 
 import pacavit  # the public classes by name, registered with the Auto classes
 
 from ..preprocessing import default_image_processor
-from ..safe_io import atomic_directory
+from ..safe_io import atomic_directory, check_output_folder
 from .cards import card_for_hub_id, write_model_card
-from .folder import PREPROCESSOR_CONFIG, HubFolderError
+from .folder import PREPROCESSOR_CONFIG, HubFolderError, check_model_folder, check_remote_code, check_repo_id
+
+DST = "export folder (DST)"  # how the destination is named in messages
+# What transformers raises for a config, weights or processor file it cannot use.
+_LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, SafetensorError, pickle.PickleError)
 
 # The pipeline each model class serves (the card's `pipeline_tag`).
 PIPELINE_TAGS = {
@@ -62,29 +71,6 @@ def remote_code_files(classes) -> list[Path]:
         for path in [source, *map(Path, get_relative_import_files(source))]:
             files[path.name] = path
     return [files[name] for name in sorted(files)]
-
-
-def check_remote_code(folder: str | Path) -> list[str]:
-    """Problems that would break the folder as Hub remote code: a relative import that is not a single-dot
-    import of a sibling file in the folder, or an absolute import of our package (`pacavit`), which a user
-    without it does not have. Returns the problems (empty: fine)."""
-    folder = Path(folder)
-    problems = []
-    present = {p.stem for p in folder.glob("*.py")}
-    for path in sorted(folder.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                module = node.module or ""
-                if node.level != 1 or not module or "." in module:
-                    problems.append(f"{path.name}:{node.lineno}: relative import must be `from .<sibling> import`")
-                elif module not in present:
-                    problems.append(f"{path.name}:{node.lineno}: imports .{module}, which is not in the folder")
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                for name in names:
-                    if name.split(".")[0] in ("pacavit", "pacavit_openmp_guard"):
-                        problems.append(f"{path.name}:{node.lineno}: imports {name}, which remote-code users lack")
-    return problems
 
 
 def _model_class(config):
@@ -130,6 +116,72 @@ def _processor_auto_map(saved_config: dict, folder: Path) -> str | None:
     return reference
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def _read_card(card: str | Path) -> bytes:
+    """The bytes of a `--card` file, which must be a non-empty UTF-8 text file."""
+    card = Path(card)
+    if not card.is_file():
+        state = "is a folder" if card.is_dir() else "does not exist"
+        raise HubFolderError(f"The model card {card} (--card) {state}: pass a README.md file.")
+    data = card.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise HubFolderError(f"The model card {card} (--card) is not a UTF-8 text file: pass a README.md.") from error
+    if not text.strip():
+        raise HubFolderError(f"The model card {card} (--card) is empty: pass a README.md with the card.")
+    return data
+
+
+def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+    """DST must not be SRC nor hold it (the swap would delete the source), must be writable, and replaced only with
+    `overwrite`."""
+    if src.resolve() == dst.resolve() or src.resolve().is_relative_to(dst.resolve()):
+        raise HubFolderError(
+            f"The {DST} {dst} is the source folder {src} or holds it: the export replaces DST, which would delete "
+            "the source (and any checkpoints in it). Choose another DST."
+        )
+    check_output_folder(dst, DST)
+    if dst.exists() and not overwrite:
+        raise HubFolderError(f"The {DST} {dst} exists; pass --overwrite to replace it.")
+
+
+def _load_source(src: Path):
+    """The config, the model (strictly loaded) and the image processor (None: none saved) of `src`."""
+    try:
+        config = AutoConfig.from_pretrained(src)
+    except _LOAD_ERRORS as error:
+        raise HubFolderError(
+            f"{src / 'config.json'} is not a valid PaCa-ViT config ({_first_line(error)}); save the model folder "
+            "again (save_pretrained, the converter or the training script)."
+        ) from error
+    model_class = _model_class(config)
+    try:
+        model, info = model_class.from_pretrained(src, output_loading_info=True)
+    except _LOAD_ERRORS as error:
+        raise HubFolderError(
+            f"The weights in {src} cannot be loaded into {model_class.__name__} ({_first_line(error)}); save the "
+            "model folder again."
+        ) from error
+    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if bad:
+        raise HubFolderError(f"The weights in {src} do not fit {model_class.__name__}: {bad}")
+    processor = None
+    if (src / PREPROCESSOR_CONFIG).is_file():
+        try:
+            processor = AutoImageProcessor.from_pretrained(src)
+        except _LOAD_ERRORS as error:
+            raise HubFolderError(
+                f"{src / PREPROCESSOR_CONFIG} is not a valid image processor config ({_first_line(error)}); delete "
+                "it to export with the task's default processor, or save the processor again."
+            ) from error
+    return config, model_class, model, processor
+
+
 def export_folder(
     src: str | Path, dst: str | Path, repo_id: str | None = None, card: str | Path | None = None, overwrite=False
 ) -> Path:
@@ -140,27 +192,26 @@ def export_folder(
     files for remote code, and `README.md`: `card` if given, else the released-checkpoint card when `repo_id` is
     one of them (`pacavit.hub.cards`), else the source's README, else a generic card. Written to a temporary
     sibling folder and swapped into place (`pacavit.safe_io.atomic_directory`), so `dst` is never half-written.
+
+    Every input is checked before anything is written (see the module doc); the problems are `HubFolderError`s,
+    or `pacavit.safe_io.OutputFolderError` for a `dst` that cannot be written.
     """
     src, dst = Path(src), Path(dst)
-    if dst.exists() and not overwrite:
-        raise HubFolderError(f"{dst} exists; pass --overwrite to replace it.")
-    if not (src / "config.json").is_file():
-        raise HubFolderError(f"{src} has no config.json: export a folder written by save_pretrained.")
-    config = AutoConfig.from_pretrained(src)
-    model_class = _model_class(config)
-    model, info = model_class.from_pretrained(src, output_loading_info=True)
-    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    if bad:
-        raise HubFolderError(f"The weights in {src} do not fit {model_class.__name__}: {bad}")
-    release_card = card_for_hub_id(repo_id) if repo_id is not None and card is None else None
-    with atomic_directory(dst) as tmp:  # written beside dst, swapped into place when complete
+    if repo_id is not None:
+        check_repo_id(repo_id)
+    card_bytes = _read_card(card) if card is not None else None
+    check_model_folder(src, "export", "SRC", require_safetensors=False, remote_code=False)
+    _check_destination(src, dst, overwrite)
+    config, model_class, model, processor = _load_source(src)
+    if card_bytes is None and repo_id is not None and (release_card := card_for_hub_id(repo_id)) is not None:
+        card_bytes = release_card.encode("utf-8")
+    if card_bytes is None and (src / "README.md").is_file():
+        card_bytes = (src / "README.md").read_bytes()
+    with atomic_directory(dst, DST) as tmp:  # written beside dst, swapped into place when complete
         model.save_pretrained(tmp, safe_serialization=True)
         for stray in tmp.glob("*.py"):  # save_pretrained's own code copy; the full set is written below
             stray.unlink()
-        if (src / PREPROCESSOR_CONFIG).is_file():
-            AutoImageProcessor.from_pretrained(src).save_pretrained(tmp)
-        else:
-            default_image_processor(model.config).save_pretrained(tmp)
+        (processor or default_image_processor(model.config)).save_pretrained(tmp)
         config_file = tmp / "config.json"
         saved = json.loads(config_file.read_text())
         auto_map = auto_map_for(type(config))
@@ -172,18 +223,14 @@ def export_folder(
             auto_map["AutoImageProcessor"] = processor_reference
         classes = [type(config), model_class] + [getattr(pacavit, ref.split(".")[1]) for ref in auto_map.values()]
         for path in remote_code_files(classes):
-            shutil.copyfile(path, tmp / path.name)
+            (tmp / path.name).write_bytes(path.read_bytes())
+        saved["auto_map"] = auto_map
+        config_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         problems = check_remote_code(tmp)
         if problems:
             raise HubFolderError("The model files do not work as Hub remote code:\n  " + "\n  ".join(problems))
-        saved["auto_map"] = auto_map
-        config_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
-        if card is not None:
-            shutil.copyfile(card, tmp / "README.md")
-        elif release_card is not None:
-            (tmp / "README.md").write_text(release_card)
-        elif (src / "README.md").is_file():
-            shutil.copyfile(src / "README.md", tmp / "README.md")
+        if card_bytes is not None:
+            (tmp / "README.md").write_bytes(card_bytes)
         else:
             _write_generic_card(tmp, model, repo_id)
     return dst

@@ -20,8 +20,9 @@ Modules
                   `current_lr`.
 - `checkpoint` -- `save_checkpoint` (atomic: write into `.tmp_<name>`, then rename), `prune_checkpoints`,
                   `list_checkpoints` / `find_latest_checkpoint` (complete checkpoints only),
-                  `resolve_resume_path` (`NoCheckpointError`), `load_checkpoint`, `resume_position`,
-                  `check_output_dir`.
+                  `resolve_resume_path` (`NoCheckpointError`), `load_checkpoint` (every pickle checked
+                  first: `UnsafeCheckpointError`, `CheckpointFileError`), `resume_position`,
+                  `check_output_dir`, `export_atomically` (a run's final folder, never half-written).
 - `loop`       -- `epoch_batches` (sampler epoch, mid-epoch skip, per-step seeding), `StopOnSignal`
                   (SIGTERM -> checkpoint and exit 143), `backward_and_step`, `check_finite_loss`,
                   `TrainingProgress` (tqdm, log lines, tracking, history), `init_tracking`, `write_run_files`
@@ -106,6 +107,7 @@ from .checkpoint import (
     TRAINING_STATE,
     NoCheckpointError,
     check_output_dir,
+    export_atomically,
     find_latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -183,6 +185,7 @@ __all__ = [
     "backward_and_step",
     "check_finite_loss",
     "check_output_dir",
+    "export_atomically",
     "configure_threads",
     "create_update_scheduler",
     "current_lr",

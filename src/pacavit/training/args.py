@@ -236,6 +236,21 @@ def add_running_arguments(parser: argparse.ArgumentParser, output_dir: str) -> a
     return g
 
 
+def add_image_check_arguments(group) -> None:
+    """--verify_images / --skip_corrupt_images, the same in every task script (the corrupt-image error of
+    `pacavit.data.common.decode_image` names them)."""
+    group.add_argument(
+        "--skip_corrupt_images",
+        action="store_true",
+        help="Check every image (and mask) first; leave unreadable ones out (counted, logged) instead of failing.",
+    )
+    group.add_argument(
+        "--verify_images",
+        action="store_true",
+        help="Check every image (and mask) before training and fail early, naming each unreadable file.",
+    )
+
+
 def validate_training_args(args: argparse.Namespace) -> argparse.Namespace:
     """Normalise and check the shared flags (after the recipe is applied); a ValueError names the flag."""
     if getattr(args, "clip_grad", None) is not None and args.clip_grad <= 0:

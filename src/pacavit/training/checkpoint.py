@@ -11,8 +11,9 @@ straight into the final folder (a run killed mid-save leaves a folder that looks
 complete exactly when `<name>/training_state.json` exists, and `list_checkpoints` ignores everything else.
 
 Loading runs no code from a checkpoint: Accelerate unpickles registered objects' states with
-`torch.load(weights_only=False)`, so `load_checkpoint` first checks that those pickles (and the random states)
-load with `weights_only=True`, and refuses the folder otherwise (`check_checkpoint_pickles`).
+`torch.load(weights_only=False)`, so `load_checkpoint` first checks that every pickle of the folder (optimizer,
+scheduler, sampler, random states, registered objects) loads with `weights_only=True`, and refuses the folder
+otherwise, naming the file (`check_checkpoint_pickles`); a truncated file is named the same way.
 """
 
 from __future__ import annotations
@@ -22,21 +23,25 @@ import os
 import pickle
 import re
 import shutil
-from functools import partial
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
-from ..safe_io import UnsafeCheckpointError, unpickling_detail
+from ..safe_io import CheckpointFileError, UnsafeCheckpointError, unpickling_detail
 
 CHECKPOINT_PATTERN = re.compile(r"^(step|epoch)_(\d+)$")
-# the pickles of a checkpoint that Accelerate's load_state does not load with weights_only=True itself
-CUSTOM_STATE_PATTERN = re.compile(r"^custom_checkpoint_\d+\.pkl$")
-RNG_STATE_PATTERN = re.compile(r"^random_states_\d+\.pkl$")
+# the files of a checkpoint that Accelerate's load_state unpickles (torch.save'd), checked before it does
+PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
+# what Accelerate would do with a code-carrying file, by file-name stem (without `_<i>`)
+RISKS = {
+    "custom_checkpoint": "Accelerate would unpickle it with weights_only=False, running that code",
+    "random_states": "Accelerate would skip it silently, and the resume would not be exact",
+}
 TRAINING_STATE = "training_state.json"
 TMP_PREFIX = ".tmp_"
 # Files a finished run leaves in its output folder (any task); their presence means "this folder holds a run".
 RUN_FILES = ("all_results.json", "train_log.json", "model.safetensors")
+EXPORT_TMP = f"{TMP_PREFIX}export"  # where a run's final folder is written before it is moved into place
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -76,6 +81,37 @@ def _write_state_and_rename(tmp: Path, final: Path, state: dict) -> None:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)  # atomic on one file system: the checkpoint appears complete or not at all
+
+
+@contextmanager
+def export_atomically(output_dir: str | os.PathLike) -> Iterator[Path]:
+    """Write a run's final folder (weights, processor, card, results, figures) so that a crash or a SIGTERM
+    while writing it leaves no half-export behind: the block writes into `output_dir/.tmp_export` (yielded),
+    and its files are moved into `output_dir` only once the block has finished -- the files that mark a
+    finished run (`RUN_FILES`) last, `all_results.json` the very last. On an exception the temporary folder is
+    removed and nothing of the export reaches `output_dir`; after a kill it stays as `.tmp_export`, which
+    `--resume_from_checkpoint latest` ignores (it resumes the newest checkpoint and exports again) and which a
+    new export replaces.
+
+    Why not one rename of the whole folder, as for checkpoints and conversions: `output_dir` also holds the
+    run's checkpoints and logs, which must stay where a resume finds them; the moves are renames within one
+    file system (microseconds each), done in an order in which a folder with results always has its model."""
+    root = Path(output_dir)
+    tmp = root / EXPORT_TMP
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    last = ("model.safetensors", "train_log.json", "all_results.json")
+    for name in sorted((p.name for p in tmp.iterdir()), key=lambda n: last.index(n) + 1 if n in last else 0):
+        target = root / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(tmp / name, target)
+    tmp.rmdir()
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) -> list[Path]:
@@ -146,34 +182,41 @@ def resolve_resume_path(resume_from_checkpoint: str | None, output_dir: str, ove
 
 
 def check_checkpoint_pickles(path: str | os.PathLike) -> None:
-    """Refuse (`UnsafeCheckpointError`) a checkpoint folder holding a pickle that needs code to load.
+    """Refuse a checkpoint folder holding a file that needs code to load (`UnsafeCheckpointError`) or that
+    cannot be read at all (truncated, corrupt: `CheckpointFileError`), naming the file, before Accelerate's
+    `load_state` reads it.
 
-    Accelerate's `load_state` reads the states of registered objects (`custom_checkpoint_<i>.pkl`, e.g. the
-    EMA) with `torch.load(weights_only=False)`, which runs whatever code a pickle names, and it ignores a
-    random-state file (`random_states_<i>.pkl`) it cannot load safely (the resume is then silently not exact).
-    Our own `save_state` writes only tensors, dicts, lists and numbers there, so each must load with
-    `weights_only=True` (Accelerate's allow-list of NumPy RNG types for the random states); that is checked
-    here, before `load_state` reads them. Its other files (weights, optimizer) it loads safely itself."""
+    Every torch pickle of the folder is checked (`*.bin`, `*.pkl`, `*.pt`, `*.pth`: the optimizer, scheduler,
+    sampler, scaler, random states and the registered objects such as the EMA), with `weights_only=True` and
+    Accelerate's allow-list of NumPy RNG types (a memory map would avoid the copy, but torch refuses it for
+    non-zip pickles, which a modified file may be). Why every file:
+    Accelerate unpickles registered objects' states (`custom_checkpoint_<i>.pkl`) with `weights_only=False`,
+    which runs whatever code a pickle names; it skips a random-state file it cannot load safely (the resume is
+    then silently not exact); and for the others its own `weights_only=True` load fails with a bare
+    `UnpicklingError` traceback naming no file. Our own `save_state` writes only tensors, dicts, lists and
+    numbers, so each file must pass."""
     from accelerate.utils import load as accelerate_load
 
     for file in sorted(Path(path).iterdir()):
-        if CUSTOM_STATE_PATTERN.match(file.name):
-            loader = partial(torch.load, map_location="cpu", weights_only=True)
-            risk = "Accelerate would unpickle it with weights_only=False, running that code"
-        elif RNG_STATE_PATTERN.match(file.name):
-            loader = accelerate_load  # weights_only=True with Accelerate's NumPy allow-list
-            risk = "Accelerate would skip it silently, and the resume would not be exact"
-        else:
+        if file.suffix not in PICKLE_SUFFIXES or not file.is_file():
             continue
         try:
-            loader(file)
+            accelerate_load(file, map_location="cpu")  # freed at once: a transient copy
         except pickle.UnpicklingError as error:
+            risk = RISKS.get(file.name.rsplit("_", 1)[0], "Accelerate would refuse it with a bare traceback")
             raise UnsafeCheckpointError(
                 f"Refusing to resume from {path}: {file.name} is a pickle that needs code to load "
                 f"({unpickling_detail(error)}); {risk}. A "
                 "checkpoint written by pacavit holds only tensors and numbers there, so this one was modified or "
                 "comes from elsewhere. Resume from a checkpoint of your own run (or drop --resume_from_checkpoint "
                 "and start afresh)."
+            ) from error
+        except Exception as error:  # torch raises RuntimeError/EOFError/ValueError for truncated or foreign files
+            raise CheckpointFileError(
+                f"Cannot resume from {path}: {file.name} cannot be read ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else 'no detail'}); the file is truncated or corrupt "
+                "(a full disk or a copy that did not finish?). Resume from an earlier checkpoint "
+                "(--resume_from_checkpoint <output_dir>/step_N), or drop --resume_from_checkpoint and start afresh."
             ) from error
 
 

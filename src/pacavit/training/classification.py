@@ -25,6 +25,7 @@ from .args import (
     ARCHITECTURE_FLAGS,
     OPTIMIZATION_DEFAULTS,
     RecipeArgumentParser,
+    add_image_check_arguments,
     add_optimization_arguments,
     add_running_arguments,
     architecture_overrides,
@@ -151,16 +152,7 @@ def build_parser() -> RecipeArgumentParser:
     )
     g.add_argument("--max_train_samples", type=int, default=None)
     g.add_argument("--max_eval_samples", type=int, default=None)
-    g.add_argument(
-        "--skip_corrupt_images",
-        action="store_true",
-        help="Check every image first and skip unreadable ones (counted and logged) instead of failing.",
-    )
-    g.add_argument(
-        "--verify_images",
-        action="store_true",
-        help="Check every image before training and fail early, naming each unreadable file.",
-    )
+    add_image_check_arguments(g)
     g.add_argument("--cache_dir", default=None)
 
     g = parser.add_argument_group("model")

@@ -24,6 +24,7 @@ from .args import (
     OPTIMIZATION_DEFAULTS,
     RecipeArgumentParser,
     add_architecture_arguments,
+    add_image_check_arguments,
     add_optimization_arguments,
     add_running_arguments,
     architecture_overrides,
@@ -133,6 +134,7 @@ def build_parser() -> RecipeArgumentParser:
     g.add_argument("--crop_size_range", type=int, nargs=2, default=None)
     g.add_argument("--crop_prob", type=float, default=None, help="Probability of the resize-crop-resize branch.")
     g.add_argument("--flip_prob", type=float, default=None)
+    add_image_check_arguments(g)  # --skip_corrupt_images / --verify_images (load_coco_folder: skip_unreadable)
     m = parser.add_argument_group("model")
     m.add_argument("--model_name_or_path", default=None, help="A PaCaViTForInstanceSegmentation folder / Hub id.")
     m.add_argument("--backbone_name_or_path", default=None, help="PaCa-ViT (ImageNet) weights for the backbone.")

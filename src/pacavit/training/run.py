@@ -5,22 +5,22 @@ itself (forward, backward, optimizer step, evaluation) in view::
 
     run = TrainingRun(accelerator, args, len(train_dataloader), global_batch_size=batch, resume_path=path)
     scheduler = build_scheduler(optimizer, args, lrs, run.updates_per_epoch, run.max_steps)
-    run.start()
-    for epoch in run.epochs():
-        model.train()
-        for batch in run.batches(train_dataloader, epoch, train_dataset):
-            scheduler.step_update(run.completed_steps)
-            with accelerator.accumulate(model):
-                ...forward, backward, optimizer.step(), zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            loss = accelerator.reduce(loss.detach(), "mean").item()
-            run.update_done(loss, current_lr(optimizer), epoch, batch_size)   # may checkpoint, stop or raise
-            if run.done:
-                break
-        if run.epoch_finished and ...: run.log_eval(evaluate(...), epoch)
-        run.epoch_done(epoch)                                                   # --checkpointing_steps epoch
-    train_time = run.finish()
+    with run:  # progress bar + SIGTERM hook; both removed however the block ends (also on an exception)
+        for epoch in run.epochs():
+            model.train()
+            for batch in run.batches(train_dataloader, epoch, train_dataset):
+                scheduler.step_update(run.completed_steps)
+                with accelerator.accumulate(model):
+                    ...forward, backward, optimizer.step(), zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                loss = accelerator.reduce(loss.detach(), "mean").item()
+                run.update_done(loss, current_lr(optimizer), epoch, batch_size)  # may checkpoint, stop or raise
+                if run.done:
+                    break
+            if run.epoch_finished and ...: run.log_eval(evaluate(...), epoch)
+            run.epoch_done(epoch)                                                 # --checkpointing_steps epoch
+    train_time = run.train_time
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class TrainingRun:
         )
         self.progress: TrainingProgress | None = None
         self.stop: StopOnSignal | None = None
+        self.train_time = 0.0  # seconds between start() and finish()
 
     @property
     def done(self) -> bool:
@@ -86,6 +87,15 @@ class TrainingRun:
             self.history,
         )
         self.stop = StopOnSignal()
+
+    def __enter__(self) -> TrainingRun:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        # an exception in the loop (a data error, a non-finite loss, Ctrl-C) must not leave our SIGTERM hook
+        # installed in the calling process (a notebook, a test, a sweep calling main() again)
+        self.finish()
 
     def epochs(self) -> Iterator[int]:
         """The epochs still to run (none once `done`)."""
@@ -137,6 +147,10 @@ class TrainingRun:
         self.progress.log_eval(record, self.completed_steps)
 
     def finish(self) -> float:
-        """Close the bar and remove the SIGTERM hook; returns the training time in seconds."""
-        self.stop.close()
-        return self.progress.close()
+        """Close the bar and remove the SIGTERM hook (once; later calls do nothing); returns the training time
+        in seconds, also kept as `train_time`."""
+        if self.stop is not None:
+            self.stop.close()
+            self.stop = None
+            self.train_time = self.progress.close()
+        return self.train_time

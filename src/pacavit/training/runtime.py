@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ except ImportError:  # the package used without its top-level helper module (e.g
 
 from ..extras import require
 from ..hub.push import hub_preflight
+from ..safe_io import OutputFolderError
 from .checkpoint import check_output_dir, resolve_resume_path
 
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(name)s - %(message)s"
@@ -161,10 +163,23 @@ def setup_run(args, guard_output_dir: bool = True) -> RunSetup:
     repo_id = None
     if args.push_to_hub and accelerator.is_main_process:
         repo_id = hub_preflight(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private)
-    if accelerator.is_main_process:
-        os.makedirs(args.output_dir, exist_ok=True)
+    make_output_dir(args.output_dir)  # on every process: all fail alike, none waits at a barrier for the others
     accelerator.wait_for_everyone()
     return RunSetup(accelerator, num_threads, resume_path, repo_id)
+
+
+def make_output_dir(output_dir: str | os.PathLike) -> None:
+    """Create --output_dir and check that files can be written into it, before any training: an error naming
+    the flag instead of a traceback at the first checkpoint or at the export, after the training time is spent."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as error:
+        raise OutputFolderError(
+            f"--output_dir {str(output_dir)!r} cannot be written ({type(error).__name__}: {error.strerror or error}). "
+            "Pass a folder you can write to (its parent folders are created)."
+        ) from error
 
 
 def teardown(exit_code: int = 0) -> None:

@@ -4,7 +4,8 @@
 - `RECIPES` / `BASE_DEFAULTS`: "digit_scenes" (the default run: built-in scenes of digit scans) and
   "paper_ade20k" (the original PaCa-head / UperNet ADE20K config); precedence explicit flag > --recipe >
   BASE_DEFAULTS.
-- `parse_args`: the script's flags (task flags here, shared ones from `pacavit.training.args`).
+- `parse_args`: the script's flags (task flags here, shared ones from `pacavit.training.args`); the `--id2label` file
+  is read and checked there (`load_id2label`), before any data is loaded.
 - `build_model` (a preset from scratch, ImageNet weights with new heads, or a segmentation checkpoint),
   `build_transform` (mmseg's paired training pipeline / the evaluation resize), `build_image_processor` (what the
   saved folder preprocesses with), `head_lr_multipliers` (the original's lr x10 for the heads).
@@ -12,11 +13,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..configuration_pacavit import PaCaViTConfig
 from ..configuration_pacavit_segmentation import DECODE_HEAD_TYPES, PaCaViTSegmentationConfig
-from ..data.segmentation import SegmentationTransform
+from ..data.segmentation import DIGIT_SCENE_LABELS, SegmentationTransform
 from ..modeling_pacavit_segmentation import PaCaViTForSemanticSegmentation
 from ..preprocessing import segmentation_image_processor
 from .args import (
@@ -24,6 +28,7 @@ from .args import (
     OPTIMIZATION_DEFAULTS,
     RecipeArgumentParser,
     add_architecture_arguments,
+    add_image_check_arguments,
     add_optimization_arguments,
     add_running_arguments,
     architecture_overrides,
@@ -109,10 +114,20 @@ def build_parser() -> RecipeArgumentParser:
     g.add_argument("--validation_dir", default=None)
     g.add_argument("--image_column", default="image")
     g.add_argument("--annotation_column", default="annotation")
-    g.add_argument("--id2label", default=None, help="JSON file {index: name} (built-in data: background + 10 digits).")
-    g.add_argument("--do_reduce_labels", action="store_true", help="ADE20K-style masks: 0 = other -> ignored.")
+    g.add_argument(
+        "--id2label",
+        default=None,
+        help='JSON file {"0": name, ..., "K-1": name}: 2 to 255 classes (255 is the ignore index). Built-in data: '
+        "background + 10 digits.",
+    )
+    g.add_argument(
+        "--do_reduce_labels",
+        action="store_true",
+        help="ADE20K-style masks: 0 = other -> ignored, 1..K -> classes 0..K-1 (not for masks numbered from 0).",
+    )
     g.add_argument("--max_train_samples", type=int, default=None)
     g.add_argument("--max_eval_samples", type=int, default=None)
+    add_image_check_arguments(g)  # --verify_images / --skip_corrupt_images (images and masks)
     g.add_argument("--crop_size", type=int, default=None)
     g.add_argument("--scale", type=int, nargs=2, default=None, help="(long, short) edge of the keep-ratio resize.")
     g.add_argument("--ratio_range", type=float, nargs=2, default=None)
@@ -137,7 +152,132 @@ def build_parser() -> RecipeArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None):
-    return validate_training_args(build_parser().parse_args(argv))
+    args = validate_training_args(build_parser().parse_args(argv))
+    user_data = args.dataset_name or args.train_dir
+    if user_data and not args.id2label:  # before any download
+        raise Id2LabelError(
+            '--dataset_name/--train_dir need --id2label: a JSON file {"0": "background", "1": "cat", ...} naming '
+            "the class of each mask value."
+        )
+    if args.id2label and not user_data:
+        raise Id2LabelError(
+            f"--id2label {args.id2label!r} is given without --dataset_name or --train_dir: the built-in data has its "
+            f"own {len(DIGIT_SCENE_LABELS)} classes. Drop --id2label, or pass your data with it."
+        )
+    if args.id2label:  # a broken class list fails here, before any data is loaded
+        load_id2label(args.id2label)
+    return args
+
+
+class Id2LabelError(ValueError):
+    """An `--id2label` file that is not a usable class list; the message names the file, the problem and the fix."""
+
+
+def _without_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise Id2LabelError(f"the key(s) {repeated} appear more than once (JSON keeps only the last)")
+    return dict(pairs)
+
+
+def load_id2label(path) -> dict[int, str]:
+    """The `--id2label` file as `{index: name}`, sorted by index.
+
+    It holds a JSON object `{"0": "background", "1": "cat", ...}`: the keys are the class indices of the masks (after
+    `--do_reduce_labels`). Refused with an `Id2LabelError` naming the file: unreadable or not JSON, another JSON
+    value (a list of names too: the script reads an object), repeated keys, keys that are not integers (a
+    `{name: index}` label2id file is named as such), names that are not strings or repeat, indices that are not
+    exactly 0..K-1, fewer than 2 or more than 255 classes (class 255 would be the ignore index, `IGNORE_INDEX`)."""
+    where = f"--id2label {str(path)!r}"
+    example = 'an object {"0": "background", "1": "cat", ...}'
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise Id2LabelError(
+            f"{where}: cannot read the file ({type(error).__name__}: {reason}). Give a JSON file with {example}."
+        ) from error
+    try:
+        data = json.loads(text, object_pairs_hook=_without_duplicate_keys)
+    except json.JSONDecodeError as error:
+        raise Id2LabelError(
+            f"{where} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}). It must hold "
+            f"{example}."
+        ) from error
+    except Id2LabelError as error:
+        raise Id2LabelError(f"{where}: {error}. Give each class index once.") from error
+    if not isinstance(data, dict):
+        kind = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(data), "null")
+        hint = (
+            ' For a list of names, write {"0": first name, "1": second name, ...}.' if isinstance(data, list) else ""
+        )
+        raise Id2LabelError(f"{where} holds a JSON {kind}; it must hold {example}.{hint}")
+    if isinstance(data.get("id2label"), dict):
+        raise Id2LabelError(
+            f"{where} looks like a model config (it has an 'id2label' entry); give a file holding only that object."
+        )
+    id2label, keys = {}, {}
+    for key, name in data.items():
+        try:
+            index = int(key)
+        except ValueError:
+            index = None
+        if index is None:
+            looks_inverted = all(isinstance(v, int) and not isinstance(v, bool) for v in data.values())
+            raise Id2LabelError(
+                f"{where}: the key {key!r} is not a class index (an integer)."
+                + (
+                    " The file maps names to indices (label2id); --id2label takes indices to names: swap keys and "
+                    "values."
+                    if looks_inverted
+                    else f" It must hold {example}."
+                )
+            )
+        if not isinstance(name, str) or not name.strip():
+            raise Id2LabelError(f"{where}: class {index} has the name {name!r}; class names are non-empty strings.")
+        if index in id2label:
+            raise Id2LabelError(f"{where}: class {index} is given twice (keys {keys[index]!r} and {key!r}).")
+        id2label[index], keys[index] = name, key
+    count = len(id2label)
+    if count < 2:
+        raise Id2LabelError(
+            f"{where} lists {count} class(es); semantic segmentation needs at least 2 (e.g. background and your "
+            "class)."
+        )
+    missing = sorted(set(range(count)) - set(id2label))
+    if missing:
+        extra = sorted(set(id2label) - set(range(count)))
+        one_based = sorted(id2label) == list(range(1, count + 1))
+        raise Id2LabelError(
+            f"{where}: the class indices must be 0..{count - 1} for {count} classes (one per index, the values of the "
+            f"masks); {_listing_ints(missing)} missing, {_listing_ints(extra)} beyond."
+            + (
+                " They are numbered from 1: if 0 in your masks means 'other' or unlabelled, number the classes from 0 "
+                "and pass --do_reduce_labels; otherwise add class 0."
+                if one_based
+                else " Add the missing classes or renumber them."
+            )
+        )
+    if count > IGNORE_INDEX:
+        raise Id2LabelError(
+            f"{where} lists {count} classes; at most {IGNORE_INDEX} are supported: mask value {IGNORE_INDEX} marks "
+            "ignored pixels (padding, and 'other' with --do_reduce_labels), so class 255 could not be told apart."
+        )
+    names = [id2label[i] for i in range(count)]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise Id2LabelError(
+            f"{where}: the name(s) {repeated[:5]} are given to several classes; each class needs its own name (the "
+            "model's label2id maps names back to classes)."
+        )
+    return {i: id2label[i] for i in range(count)}
+
+
+def _listing_ints(values: list[int]) -> str:
+    if not values:
+        return "none"
+    return ", ".join(map(str, values[:8])) + (f" ... ({len(values)} in all)" if len(values) > 8 else "")
 
 
 def build_model(args, id2label: dict[int, str]) -> PaCaViTForSemanticSegmentation:
@@ -150,6 +290,12 @@ def build_model(args, id2label: dict[int, str]) -> PaCaViTForSemanticSegmentatio
     if args.model_name_or_path:
         config = PaCaViTSegmentationConfig.from_pretrained(args.model_name_or_path)
         if config.model_type == PaCaViTSegmentationConfig.model_type and args.eval_only:
+            if config.num_labels != len(id2label):  # scoring it would compare unrelated class indices
+                raise ValueError(
+                    f"--model_name_or_path {args.model_name_or_path!r} predicts {config.num_labels} classes, the "
+                    f"data has {len(id2label)} (--id2label, or the built-in data). Evaluate it on data labelled "
+                    "with its classes: pass the --id2label it was trained with (its config.json's id2label)."
+                )
             return PaCaViTForSemanticSegmentation.from_pretrained(args.model_name_or_path)
         return PaCaViTForSemanticSegmentation.from_pretrained_backbone(
             args.model_name_or_path, **labels, **overrides, **head
@@ -204,6 +350,8 @@ __all__ = [
     "build_model",
     "build_parser",
     "build_transform",
+    "Id2LabelError",
     "head_lr_multipliers",
+    "load_id2label",
     "parse_args",
 ]
