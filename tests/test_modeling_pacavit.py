@@ -259,16 +259,31 @@ def test_cpu_inference_groups_only_where_they_apply(monkeypatch):
     tokens = torch.zeros(8, 10, 4)
     monkeypatch.setattr(modeling_pacavit, "CPU_INFERENCE_GROUP_BYTES", 3000)
     with torch.no_grad():
-        assert cpu_inference_group_size(tokens, 1000) == 3
-        assert cpu_inference_group_size(tokens, 10_000) == 1  # one image over the budget: a group of one
-        assert cpu_inference_group_size(tokens, 100) == 8
-        assert cpu_inference_group_size(tokens, 1000, training=True) == 8
-        compiled = torch.compile(lambda t: t[: cpu_inference_group_size(t, 1000)], fullgraph=True, backend="eager")
+        assert cpu_inference_group_size(tokens, lambda: 1000) == 3
+        assert cpu_inference_group_size(tokens, lambda: 10_000) == 1  # one image over the budget: a group of one
+        assert cpu_inference_group_size(tokens, lambda: 100) is None  # the whole batch fits
+        assert cpu_inference_group_size(tokens, lambda: 1000, training=True) is None
+        compiled = torch.compile(
+            lambda t: t[: cpu_inference_group_size(t, lambda: 1000) or t.shape[0]], fullgraph=True, backend="eager"
+        )
         assert compiled(tokens).shape[0] == 8  # compiled code plans its own buffers
-    assert cpu_inference_group_size(tokens, 1000) == 8  # autograd on
+    assert cpu_inference_group_size(tokens, lambda: 1000) is None  # autograd on
     monkeypatch.setattr(modeling_pacavit, "CPU_INFERENCE_GROUP_BYTES", None)
     with torch.no_grad():
-        assert cpu_inference_group_size(tokens, 1000) == 8
+        assert cpu_inference_group_size(tokens, lambda: 1000) is None
+
+
+def test_torch_fx_symbolic_trace_equals_eager():
+    """torch.fx (timm's FX feature extraction, torchvision's create_feature_extractor) traces the model: the CPU
+    image groups and transformers' SDPA shape branches are skipped while tracing."""
+    model = build(variant="conv-stagewise").eval()
+    pixel_values = torch.randn(2, 3, 64, 48)
+    model.config.return_dict = False  # a tuple out of the graph
+    flags = ("labels", "output_attentions", "output_hidden_states", "output_cluster_assignments", "return_dict")
+    traced = torch.fx.symbolic_trace(model, concrete_args=dict.fromkeys(flags))  # the defaults, fixed
+    assert any(node.op == "call_module" and node.target.endswith("query") for node in traced.graph.nodes)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(pixel_values)[0], model(pixel_values)[0])
 
 
 def test_compiled_model_matches_eager_mode():

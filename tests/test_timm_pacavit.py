@@ -112,14 +112,84 @@ def test_pretrained_from_an_installed_hub_export(tmp_path, monkeypatch):
         export_folder(tmp_path / "src", tmp_path / "export"), "ivmcl/test-tiny", cache_dir=tmp_path / "hub"
     )
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    overlay = dict(hf_hub_id="ivmcl/test-tiny", num_classes=7)
     # the cfg's num_classes must match the weights, else timm (by design) drops the head and re-initialises it
     tm = timm.create_model(
         "pacavit_tiny",
         pretrained=True,
         num_classes=7,
-        pretrained_cfg_overlay=dict(hf_hub_id="ivmcl/test-tiny", num_classes=7),
+        pretrained_cfg_overlay=overlay,
         **TINY,
     ).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(tm(x), hf(x).logits, rtol=0, atol=0)
+    # as timm's test_model_load_pretrained: other in_chans adapt `first_conv`, another num_classes drops the head
+    gray = timm.create_model(
+        "pacavit_tiny", pretrained=True, in_chans=1, num_classes=5, pretrained_cfg_overlay=overlay, **TINY
+    ).eval()
+    first_conv = gray.get_submodule(gray.pretrained_cfg["first_conv"])
+    torch.testing.assert_close(
+        first_conv.weight, hf.state_dict()[f"{gray.pretrained_cfg['first_conv']}.weight"].sum(1, keepdim=True)
+    )
+    assert gray(torch.randn(1, 1, 64, 64)).shape == (1, 5)
+
+
+def test_unknown_arguments_raise_as_in_timm():
+    """timm raises TypeError for an argument the model does not take; a typo is not silently ignored."""
+    with pytest.raises(TypeError, match="not_a_model_arg"):
+        timm.create_model("pacavit_tiny", not_a_model_arg=1, **TINY)
+    with pytest.raises(TypeError, match="Did you mean 'drop_path_rate'"):
+        timm.create_model("pacavit_tiny", drop_path_rat=0.3, **TINY)
+    model = timm.create_model("pacavit_tiny", drop_path_rate=0.3, num_clusters=[8, 8, 8, 0], in_chans=1, **TINY)
+    assert model.config.drop_path_rate == 0.3 and model.config.num_clusters == [8, 8, 8, 0]
+    assert model.in_chans == 1 == model.config.num_channels
+
+
+def test_factory_device_dtype_and_reset_classifier_follow_the_model():
+    model = timm.create_model("pacavit_tiny_teacher", device="meta", dtype=torch.bfloat16, **TINY)
+    assert {(t.device.type, t.dtype) for t in model.parameters()} == {("meta", torch.bfloat16)}
+    assert all(t.device.type == "meta" for t in model.buffers()) and model.config.dtype == torch.bfloat16
+    model.to(dtype=torch.float64).eval()
+    model.reset_classifier(3)
+    assert (model.head.weight.device.type, model.head.weight.dtype, model.head.training) == (
+        "meta",
+        torch.float64,
+        False,
+    )
+
+
+@pytest.mark.parametrize("indices", [(0, 1, 2), (0,)])
+def test_pruned_teacher_model_uses_every_parameter(indices):
+    """features_only prunes the stages after the last index: the teacher's cluster heads of those stages go too, so
+    that every parameter gets a gradient (DDP without find_unused_parameters)."""
+    model = timm.create_model("pacavit_tiny_teacher", features_only=True, out_indices=indices, **TINY).train()
+    sum(f.sum() for f in model(torch.randn(2, 3, 64, 64))).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    # the kept stages see the same teacher assignments as in the unpruned model
+    full = timm.create_model("pacavit_tiny_teacher", **TINY).eval()
+    pruned = timm.create_model("pacavit_tiny_teacher", **TINY).eval()
+    pruned.load_state_dict(full.state_dict())
+    pruned.prune_intermediate_layers(indices)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = full.forward_intermediates(x, indices=list(indices), intermediates_only=True)
+        for got, want in zip(
+            pruned.forward_intermediates(x, indices=list(indices), intermediates_only=True), expected
+        ):
+            torch.testing.assert_close(got, want)
+
+
+def test_torchvision_fx_feature_extraction():
+    """torchvision's `create_feature_extractor` (torch.fx) traces the timm model; its output equals eager."""
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    model = timm.create_model(
+        "pacavit_tiny", hidden_sizes=[16, 32, 48, 64], num_attention_heads=[1, 1, 2, 2], depths=[1, 1, 1, 1],
+        num_clusters=[8, 8, 8, 0],
+    ).eval()  # fmt: skip
+    last = get_graph_node_names(model)[1][-1]
+    extractor = create_feature_extractor(model, return_nodes={last: "logits"})
+    pixel_values = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(extractor(pixel_values)["logits"], model(pixel_values))

@@ -62,21 +62,30 @@ def export_program(model: nn.Module, example: torch.Tensor | None = None, dynami
     """`torch.export.export` of the model's tensor outputs; batch, height and width dynamic unless `dynamic=False`."""
     wrapper = GraphOutputs(model)
     example = example_input(model) if example is None else example
-    shapes = None
-    if dynamic:
-        shapes = {
-            "pixel_values": {
-                0: torch.export.Dim("batch", min=1, max=1024),
-                2: torch.export.Dim("height", min=MIN_SIZE, max=MAX_SIZE),
-                3: torch.export.Dim("width", min=MIN_SIZE, max=MAX_SIZE),
-            }
-        }
+    shapes = {"pixel_values": dynamic_image_shapes()} if dynamic else None
     with torch.no_grad():
         return torch.export.export(wrapper, (example,), dynamic_shapes=shapes)
 
 
-def export_onnx(model: nn.Module, path: str | Path, program=None, example: torch.Tensor | None = None) -> Path:
-    """Write an ONNX file (from `program`, or a new dynamic `export_program`); returns the path."""
+def dynamic_image_shapes(min_size: int = MIN_SIZE, max_size: int = MAX_SIZE) -> dict:
+    """The dynamic dimensions of a `(batch, channels, height, width)` input, as `export_program` exports them (for
+    exporting another model, e.g. a timm one, the same way)."""
+    return {
+        0: torch.export.Dim("batch", min=1, max=1024),
+        2: torch.export.Dim("height", min=min_size, max=max_size),
+        3: torch.export.Dim("width", min=min_size, max=max_size),
+    }
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    program=None,
+    example: torch.Tensor | None = None,
+    output_names: list[str] | None = None,
+) -> Path:
+    """Write an ONNX file (from `program`, or a new dynamic `export_program`); returns the path. `output_names`
+    default to the PaCa-ViT model's (`GraphOutputs`); give them with the `program` of another model."""
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as error:
@@ -86,7 +95,7 @@ def export_onnx(model: nn.Module, path: str | Path, program=None, example: torch
         program,
         dynamo=True,
         input_names=["pixel_values"],
-        output_names=GraphOutputs(model).output_names,
+        output_names=GraphOutputs(model).output_names if output_names is None else output_names,
         optimize=False,  # the graph runs as is in onnxruntime; the optimiser pass only adds export time
         verbose=False,
     )

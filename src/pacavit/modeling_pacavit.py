@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.nn.modules import module as _torch_module
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -113,6 +115,37 @@ def map_to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
     return feature_map.permute(0, 2, 3, 1).flatten(1, 2)
 
 
+def _plain_weight(tensor) -> bool:
+    # a Parameter/Tensor, or the fake tensor torch.export/compile trace with; not a tensor subclass such as torchao's
+    # quantized weights (which keep the nn.Linear module) or an FX proxy
+    return tensor is None or type(tensor) in (nn.Parameter, torch.Tensor) or isinstance(tensor, FakeTensor)
+
+
+def is_plain_module(module: nn.Module | None, base: type[nn.Module]) -> bool:
+    """Whether a fast path may read `module`'s weights instead of calling it, without changing the result.
+
+    True only for exactly `base` (`nn.Linear`, `nn.Conv2d`: not a PEFT/LoRA wrapper, a quantized or parametrized
+    module, or any subclass), with no forward/backward hooks of its own or global ones (pruning, weight norm, feature
+    extraction, profilers register those) and plain tensor weights. Anything else is called, so that adapters,
+    quantized layers and hooks see every call. A few attribute reads: nothing measurable next to the matmuls.
+    """
+    return (
+        type(module) is base
+        and not (
+            module._forward_hooks
+            or module._forward_pre_hooks
+            or module._backward_hooks
+            or module._backward_pre_hooks
+            or _torch_module._global_forward_hooks
+            or _torch_module._global_forward_pre_hooks
+            or _torch_module._global_backward_hooks
+            or _torch_module._global_backward_pre_hooks
+        )
+        and _plain_weight(module.weight)
+        and _plain_weight(module.bias)
+    )
+
+
 # Autograd-off CPU inference (eval mode) runs the stem and each stage a few images at a time, so that no transient
 # buffer of a group exceeds CPU_INFERENCE_GROUP_BYTES, and computes the MLP of one image whose hidden activation would
 # exceed CPU_INFERENCE_SLICE_BYTES in hidden-channel slices. Why: glibc serves fresh buffers of tens of MB with pages
@@ -128,7 +161,8 @@ CPU_INFERENCE_SLICE_BYTES: int | None = 32 * 2**20
 def cpu_inference_chunking(tensor: torch.Tensor, training: bool = False) -> bool:
     """Whether a forward pass on `tensor` is CPU inference, where image groups and MLP slices apply."""
     return (
-        tensor.device.type == "cpu"
+        not isinstance(tensor, torch.fx.Proxy)  # torch.fx symbolic tracing: the graph runs the batch whole
+        and tensor.device.type == "cpu"
         and not training
         and not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()  # compiled code plans its own buffers
@@ -137,13 +171,15 @@ def cpu_inference_chunking(tensor: torch.Tensor, training: bool = False) -> bool
     )
 
 
-def cpu_inference_group_size(tensor: torch.Tensor, bytes_per_image: int, training: bool = False) -> int:
-    """How many images of `tensor`'s batch to run at a time so that a buffer of `bytes_per_image` bytes per image
-    stays within `CPU_INFERENCE_GROUP_BYTES` (at least one; the whole batch where grouping does not apply)."""
-    batch = tensor.shape[0]
+def cpu_inference_group_size(tensor: torch.Tensor, bytes_per_image, training: bool = False) -> int | None:
+    """How many images of `tensor`'s batch to run at a time so that a buffer of `bytes_per_image()` bytes per
+    image stays within `CPU_INFERENCE_GROUP_BYTES` (at least one); None where the batch runs whole (grouping does
+    not apply, or the whole batch fits). `bytes_per_image` is a callable so that shapes are read only where
+    grouping applies: under torch.fx symbolic tracing they are proxies, and comparing them would stop the trace."""
     if CPU_INFERENCE_GROUP_BYTES is None or not cpu_inference_chunking(tensor, training):
-        return batch
-    return max(1, min(batch, CPU_INFERENCE_GROUP_BYTES // max(bytes_per_image, 1)))
+        return None
+    group = max(1, min(tensor.shape[0], CPU_INFERENCE_GROUP_BYTES // max(bytes_per_image(), 1)))
+    return group if group < tensor.shape[0] else None
 
 
 def check_pixel_values(pixel_values, config: PaCaViTConfig, training: bool = False) -> None:
@@ -158,6 +194,8 @@ def check_pixel_values(pixel_values, config: PaCaViTConfig, training: bool = Fal
     normalised. Any size from 1x1 up works (the stride-2 convolutions round up); the one minimum is the ConvMixer
     clustering teacher in training mode, whose BatchNorm needs more than one value per channel at stride 32.
     """
+    if isinstance(pixel_values, torch.fx.Proxy):  # torch.fx symbolic tracing: no shapes or dtypes to check
+        return
     channels = config.num_channels
     expected = f"Expected pixel_values of shape (batch, {channels}, height, width)"
     if not isinstance(pixel_values, torch.Tensor):
@@ -322,6 +360,12 @@ if "xformers" not in ALL_ATTENTION_FUNCTIONS:
 # --------------------------------------------------------------------------------------------
 # Stem and stage transitions
 # --------------------------------------------------------------------------------------------
+def fx_sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' `sdpa_attention_forward` without its shape branches, for torch.fx symbolic tracing."""
+    out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
 class PaCaViTEmbeddings(nn.Module):
     """Stem: two stride-2 3x3 convs (to dim/2, then dim, nothing between them) and a LayerNorm over channels."""
 
@@ -337,16 +381,18 @@ class PaCaViTEmbeddings(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         # inputs were checked by `check_pixel_values`; another float precision is cast (a no-op when equal)
-        pixel_values = pixel_values.to(self.projection[0].weight.dtype)
-        # the widest buffer is the first conv's output, (dim / 2) channels at half the resolution
-        first_output_bytes = (
-            math.ceil(pixel_values.shape[-2] / 2)
-            * math.ceil(pixel_values.shape[-1] / 2)
-            * self.projection[0].out_channels
-            * pixel_values.element_size()
-        )
+        pixel_values = pixel_values.to(getattr(self.projection[0], "weight", self.layernorm.weight).dtype)
+
+        def first_output_bytes() -> int:  # the widest buffer: the first conv's output, dim / 2 channels at half size
+            return (
+                math.ceil(pixel_values.shape[-2] / 2)
+                * math.ceil(pixel_values.shape[-1] / 2)
+                * (self.layernorm.normalized_shape[0] // 2)
+                * pixel_values.element_size()
+            )
+
         group = cpu_inference_group_size(pixel_values, first_output_bytes, self.training)
-        if group < pixel_values.shape[0]:  # CPU inference, a few images at a time (images are independent)
+        if group is not None:  # CPU inference, a few images at a time (images are independent)
             feature_maps = [self.projection(images) for images in pixel_values.split(group)]
             tokens = torch.cat([self.layernorm(map_to_tokens(feature_map)) for feature_map in feature_maps])
             return tokens, *feature_maps[0].shape[-2:]
@@ -406,6 +452,8 @@ class PaCaViTClustering(nn.Module):
             tokens = self.act(self.pwconv(tokens))
         elif self.clustering_type == "mlp":
             tokens = self.act(self.fc(tokens))
+        if not is_plain_module(self.to_clusters, nn.Linear):  # an adapter/quantized layer/hook: call it
+            return self.to_clusters(tokens).transpose(1, 2)
         logits = torch.matmul(self.to_clusters.weight, tokens.transpose(1, 2))  # (M, C) @ (B, C, N)
         if self.to_clusters.bias is not None:
             logits = logits + self.to_clusters.bias[:, None]
@@ -468,7 +516,11 @@ class PaCaViTAttention(nn.Module):
         else:
             context = hidden_states
 
-        if self.num_clusters == 0:  # self-attention: q, k, v from one matmul (weights concatenated on the fly)
+        if (  # self-attention: q, k, v from one matmul (weights concatenated on the fly) when nothing wraps them
+            self.num_clusters == 0
+            and is_plain_module(self.query, nn.Linear)
+            and is_plain_module(self.key_value, nn.Linear)
+        ):
             qkv = F.linear(
                 hidden_states,
                 torch.cat([self.query.weight, self.key_value.weight]),
@@ -489,6 +541,9 @@ class PaCaViTAttention(nn.Module):
             attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
                 self.config._attn_implementation, eager_attention_forward
             )
+        if isinstance(query, torch.fx.Proxy) and attention_interface is ALL_ATTENTION_FUNCTIONS.get("sdpa"):
+            # torch.fx: transformers' sdpa wrapper branches on a shape (`q_length > 1`); the kernel itself traces
+            attention_interface = fx_sdpa_attention_forward
         attn_output, attn_weights = attention_interface(
             self, query, key, value, None, dropout=self.dropout if self.training else 0.0, scaling=self.scaling
         )
@@ -532,8 +587,17 @@ class PaCaViTMlp(nn.Module):
         feature_map = tokens_to_map(tokens, height, width)
         return map_to_tokens(F.conv2d(feature_map, weight, bias, padding=1, groups=weight.shape[0]))
 
-    def _activation(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.exact_gelu and not torch.is_grad_enabled():
+    def _apply_dwconv(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """`x + dwconv(x)` (or `dwconv(x)` without the shortcut): one folded conv for a plain `nn.Conv2d`, else a
+        call of the module (an adapter, a hook) and the shortcut added."""
+        if is_plain_module(self.dwconv, nn.Conv2d):
+            return self._dwconv(tokens, height, width, self._dwconv_weight(), self.dwconv.bias)
+        feature_map = tokens_to_map(tokens, height, width)
+        output = self.dwconv(feature_map)
+        return map_to_tokens(output + feature_map if self.dwconv_shortcut else output)
+
+    def _activation(self, hidden_states: torch.Tensor, in_place: bool = True) -> torch.Tensor:
+        if in_place and self.exact_gelu and not torch.is_grad_enabled():
             return torch.ops.aten.gelu_(hidden_states)  # a fresh local buffer: in place is safe without autograd
         return self.act(hidden_states)
 
@@ -557,15 +621,21 @@ class PaCaViTMlp(nn.Module):
             and self.dwconv is not None
             and self.exact_gelu
             and cpu_inference_chunking(hidden_states, self.training)
+            and is_plain_module(self.fc1, nn.Linear)  # the slices read the weights: only for plain layers
+            and is_plain_module(self.fc2, nn.Linear)
+            and is_plain_module(self.dwconv, nn.Conv2d)
         ):
             hidden_bytes = hidden_states[..., :1].numel() * self.fc1.out_features * hidden_states.element_size()
             slices = min(-(-hidden_bytes // CPU_INFERENCE_SLICE_BYTES), self.fc1.out_features)
             if slices > 1:
                 return self._forward_in_slices(hidden_states, height, width, slices)
         hidden_states = self.fc1(hidden_states)
+        # GELU in place only on a buffer nothing else holds (a hook may keep the output of the module it watches)
+        fresh = is_plain_module(self.fc1, nn.Linear)
         if self.dwconv is not None:
-            hidden_states = self._dwconv(hidden_states, height, width, self._dwconv_weight(), self.dwconv.bias)
-        hidden_states = self.dropout(self._activation(hidden_states))
+            hidden_states = self._apply_dwconv(hidden_states, height, width)
+            fresh = self.dwconv_shortcut or is_plain_module(self.dwconv, nn.Conv2d)
+        hidden_states = self.dropout(self._activation(hidden_states, in_place=fresh))
         return self.dropout(self.fc2(hidden_states))
 
 
@@ -667,15 +737,18 @@ class PaCaViTStage(nn.Module):
         output_attentions: bool = False,
         output_cluster_assignments: bool = False,
     ):
-        group = hidden_states.shape[0]
+        group = None
         if not (output_attentions or output_cluster_assignments):  # those are returned for the whole batch
-            if self.downsample is not None:  # the 3x3 stride-2 transition halves the grid, rounding up
-                height_out, width_out = math.ceil(height / 2), math.ceil(width / 2)
-            else:
-                height_out, width_out = height, width
-            mlp_hidden_bytes = height_out * width_out * self.mlp_hidden_size * hidden_states.element_size()
+
+            def mlp_hidden_bytes():
+                if self.downsample is not None:  # the 3x3 stride-2 transition halves the grid, rounding up
+                    height_out, width_out = math.ceil(height / 2), math.ceil(width / 2)
+                else:
+                    height_out, width_out = height, width
+                return height_out * width_out * self.mlp_hidden_size * hidden_states.element_size()
+
             group = cpu_inference_group_size(hidden_states, mlp_hidden_bytes, self.training)
-        if group < hidden_states.shape[0]:  # CPU inference, a few images at a time (images are independent)
+        if group is not None:  # CPU inference, a few images at a time (images are independent)
             num_groups = math.ceil(hidden_states.shape[0] / group)
 
             def split(tensor):  # no teacher: None for every group

@@ -20,17 +20,50 @@ timm is optional for the rest of the package: this module is only imported when 
 
 from __future__ import annotations
 
+import difflib
+import inspect
+from contextlib import nullcontext
+
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import nn
+from transformers import PretrainedConfig
 
 from .configuration_pacavit import HUB_ORGANISATION, PRESETS, PaCaViTConfig
 from .convert.backbone import convert_backbone_state_dict
 from .convert.common import extract_state_dict
 from .modeling_pacavit import PaCaViTModel
+
+
+def _config_fields() -> set[str]:
+    """The keywords `PaCaViTConfig` (and transformers' `PretrainedConfig`) take; the timm arguments `in_chans` and
+    `num_classes` stand for `num_channels` and `num_labels`, and `dtype` is a factory argument."""
+    names = set()
+    for cls in (PaCaViTConfig, PretrainedConfig):
+        names.update(
+            name
+            for name, parameter in inspect.signature(cls.__init__).parameters.items()
+            if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)
+        )
+    return names - {"self", "num_channels", "num_labels", "dtype", "transformers_version"} | {"attn_implementation"}
+
+
+def _check_config_kwargs(config_kwargs: dict) -> None:
+    fields = _config_fields()
+    for name in config_kwargs:
+        if name not in fields:
+            close = difflib.get_close_matches(name, sorted(fields | set(TIMM_ARGUMENTS)), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TypeError(
+                f"PaCaViT.__init__() got an unexpected keyword argument {name!r}: neither a timm argument "
+                f"({', '.join(TIMM_ARGUMENTS)}) nor a PaCaViTConfig field.{hint}"
+            )
+
+
+TIMM_ARGUMENTS = ("num_classes", "in_chans", "global_pool", "drop_rate", "drop_path_rate", "device", "dtype")
 
 
 class PaCaViT(nn.Module):
@@ -51,11 +84,14 @@ class PaCaViT(nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float | None = None,
         config: PaCaViTConfig | dict | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **config_kwargs,
     ) -> None:
         super().__init__()
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}.")
+        _check_config_kwargs(config_kwargs)  # timm raises TypeError for unknown arguments (typos included)
         if drop_path_rate is not None:
             config_kwargs["drop_path_rate"] = drop_path_rate
         config_kwargs.update(num_channels=in_chans, num_labels=num_classes)
@@ -65,18 +101,27 @@ class PaCaViT(nn.Module):
             values = config.to_dict() if isinstance(config, PaCaViTConfig) else dict(config)
             config = PaCaViTConfig(**{**values, **config_kwargs})
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.global_pool = global_pool
-        self.pacavit = PaCaViTModel(config)
+        # timm's factory arguments: every tensor is created on `device` in `dtype` (`device="meta"` allocates
+        # nothing); transformers' `_from_config` builds under the dtype and records it as `config.dtype`
+        with torch.device(device) if device is not None else nullcontext():
+            self.pacavit = PaCaViTModel(config) if dtype is None else PaCaViTModel._from_config(config, dtype=dtype)
         self.num_features = self.head_hidden_size = config.hidden_sizes[-1]
         self.feature_info = [
             dict(num_chs=width, reduction=4 * 2**i, module=f"pacavit.stages.{i}")
             for i, width in enumerate(config.hidden_sizes)
         ]
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(self.head, nn.Linear):  # the original's head init
-            trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = self._new_head(num_classes, device=device, dtype=dtype)
+
+    def _new_head(self, num_classes: int, **factory) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        head = nn.Linear(self.num_features, num_classes, **factory)
+        trunc_normal_(head.weight, std=0.02)  # the original's head init
+        nn.init.zeros_(head.bias)
+        return head
 
     @property
     def config(self) -> PaCaViTConfig:
@@ -109,10 +154,15 @@ class PaCaViT(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
+        """A new head for `num_classes` (0: none), on the device and in the dtype of the model, in its mode."""
         if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}.")
             self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_classes = num_classes
+        parameter = next(self.pacavit.parameters())  # as timm's `get_device_dtype` (not in every timm >= 1.0.20)
+        self.head = self._new_head(num_classes, device=parameter.device, dtype=parameter.dtype)
+        self.head.train(self.training)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) map of the last stage, after its LayerNorm."""
@@ -160,6 +210,12 @@ class PaCaViT(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.pacavit.stages), indices)
         if max_index < len(self.pacavit.stages) - 1:
             self.pacavit.stages = self.pacavit.stages[: max_index + 1]
+            teacher = self.pacavit.clustering_teacher
+            if teacher is not None:
+                # the teacher's cluster heads of the dropped stages would get no gradient (DDP fails without
+                # find_unused_parameters); its pyramid stays whole: the top-down pathway feeds the kept stages
+                for index in [key for key in teacher.to_clusters if int(key) > max_index]:
+                    del teacher.to_clusters[index]
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
             prune_head = True
         if prune_head:
