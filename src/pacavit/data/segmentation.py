@@ -27,7 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .common import IMAGE_EXTENSIONS, CorruptImageError, check_folder_has_images, decode_image
+from .common import (
+    CORRUPT_IMAGE_FIX,
+    IMAGE_EXTENSIONS,
+    CorruptImageError,
+    check_folder_has_images,
+    decode_image,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -378,8 +384,7 @@ def load_segmentation_image(value, where: str = "", mode: str | None = None) -> 
                 image = image.convert(mode)
         except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
             raise CorruptImageError(
-                f"{_prefix(where)}cannot read the image: {type(error).__name__}: {error}. Fix or replace the file, "
-                "or leave such rows out (--skip_corrupt_images in the script)."
+                f"{_prefix(where)}cannot read the image: {type(error).__name__}: {error}. {CORRUPT_IMAGE_FIX}"
             ) from error
         return decode_image(image)
     return decode_image(_image_from_array(_as_array(value, where, "image"), where))
@@ -406,8 +411,7 @@ def load_segmentation_mask(value, where: str = "", mode: str | None = None) -> I
         mask.load()
     except Exception as error:
         raise CorruptImageError(
-            f"{_prefix(where)}cannot read the mask: {type(error).__name__}: {error}. Fix or replace the file, or "
-            "leave such rows out (--skip_corrupt_images in the script)."
+            f"{_prefix(where)}cannot read the mask: {type(error).__name__}: {error}. {CORRUPT_IMAGE_FIX}"
         ) from error
     if high_byte_only:
         raise SegmentationDataError(
@@ -479,13 +483,15 @@ def _mask_pixels(mask, where: str = "") -> np.ndarray:
     return array.astype(np.int64)
 
 
-def check_ignore_index(num_labels: int, ignore_index: int) -> None:
-    """The ignore index must not be a class: with more than 255 classes (16-bit masks), 255 is one."""
+def check_ignore_index(num_labels: int, ignore_index: int, error: type[ValueError] | None = None) -> None:
+    """The ignore index must not be a class: with more than 255 classes (16-bit masks), 255 is one. `error`: the
+    exception class to raise (default `SegmentationDataError`; the metric raises its own)."""
     if 0 <= ignore_index < num_labels:
-        raise SegmentationDataError(
+        raise (error or SegmentationDataError)(
             f"ignore_index {ignore_index} is one of the classes 0..{num_labels - 1}: pixels of class {ignore_index} "
-            "would be ignored. Mark unlabelled pixels with a value outside the classes and pass it as ignore_index "
-            "(the script's ignore index is 255: at most 255 classes)."
+            "would be left out of the labels (and scored as errors where predicted). Mark unlabelled pixels with a "
+            "value outside the classes and pass it as ignore_index (the script's ignore index is 255: at most 255 "
+            "classes)."
         )
 
 

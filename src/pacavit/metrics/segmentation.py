@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.segmentation import check_ignore_index
+
 # A local evaluate module (a folder holding <name>/<name>.py) that wraps MeanIoU below.
 EVALUATE_MODULE = str(Path(__file__).with_name("pacavit_mean_iou"))
 
@@ -32,12 +34,7 @@ def _check_settings(num_labels, ignore_index) -> None:
         )
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
         raise SegmentationMetricError(f"ignore_index must be an integer label value, got {ignore_index!r}.")
-    if 0 <= ignore_index < num_labels:
-        raise SegmentationMetricError(
-            f"ignore_index {ignore_index} is one of the classes 0..{num_labels - 1}: pixels of class {ignore_index} "
-            "would be left out of the labels but counted in the predictions. Mark unlabelled pixels with a value "
-            "outside the classes (255 for up to 255 classes) and pass it as ignore_index."
-        )
+    check_ignore_index(num_labels, ignore_index, SegmentationMetricError)
 
 
 def class_index_tensor(values, what: str = "predictions") -> torch.Tensor:
